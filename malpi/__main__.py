@@ -1,0 +1,3 @@
+from malpi.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The ``malpi`` command. Each area registers its own sub-commands; imports stay lazy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each module defines register(commands, bench): ``commands`` is the top-level
+# sub-parser set, ``bench`` the one under ``malpi bench``. Registration must not
+# import heavy libraries (TensorFlow, OpenCV): handlers import what they need.
+AREAS = [
+    "malpi.policy.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="malpi", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench_parser = commands.add_parser("bench", help="measure performance (prints a table; --json FILE)")
+    bench = bench_parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    for name in AREAS:
+        importlib.import_module(name).register(commands, bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for the user, the trace with -v
+        if args.verbose:
+            raise
+        print(f"malpi: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
