@@ -1,0 +1,179 @@
+"""The episode database: its schema, its version, and opening it safely.
+
+One SQLite file holds any number of episodes. It is identified as MaLPi's by
+``PRAGMA application_id`` and versioned by ``PRAGMA user_version``; a file
+that is not SQLite, is someone else's database, or was written by a newer
+schema is refused with a message that says which.
+
+Durability. The file is in WAL mode with ``synchronous=FULL``:
+
+* WAL alone guarantees the database is never corrupted by a crash or a power
+  cut at any instant; an interrupted transaction simply is not there.
+* ``synchronous=NORMAL`` (the usual WAL pairing) is enough to survive a
+  *process* crash (the WAL is in the OS page cache), but after a *power cut*
+  it may lose every transaction since the last checkpoint, which at 20 Hz of
+  JPEG frames is tens of seconds of driving. ``FULL`` fsyncs the WAL at every
+  commit, so a committed step survives a power cut. The recorder commits at
+  most every half second, off the control thread, so this costs two fsyncs a
+  second on a thread that can afford them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4D4C5049  # "MLPI" in the SQLite header: this file is a MaLPi episode store
+
+SOURCES = ("human", "policy", "intervention")
+"""Who chose a step's action: the operator driving (demonstration), the policy, or
+the operator overriding the policy (an intervention)."""
+
+OUTCOMES = ("running", "finished", "failed", "aborted", "interrupted")
+"""``running``: being recorded. ``finished``: ended normally (a time limit, the
+operator stopping it). ``failed``: ended by failure (crash, off the track; the
+last step is terminal, no value bootstrap). ``aborted``: discarded by the
+operator or replaced by a reset. ``interrupted``: the recording process died;
+set when the next recorder opens the file."""
+
+END_OUTCOMES = ("finished", "failed", "aborted")
+"""Outcomes a caller may end an episode with."""
+
+_SCHEMA_V1 = (
+    """
+CREATE TABLE episodes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused after a delete
+    uuid           TEXT NOT NULL UNIQUE,   -- identity across databases (copies, merges)
+    started_at     REAL NOT NULL,          -- wall clock, Unix seconds
+    started_mono   REAL NOT NULL,          -- time.monotonic() at the same instant
+    ended_at       REAL,                   -- wall clock, NULL while running
+    outcome        TEXT NOT NULL DEFAULT 'running'
+                   CHECK (outcome IN ('running', 'finished', 'failed', 'aborted', 'interrupted')),
+    final_reward   REAL,                   -- added to the last step's reward by readers
+    config         TEXT NOT NULL DEFAULT '{}',  -- JSON object: the daemon's configuration
+    action_table   TEXT NOT NULL,          -- JSON list of {name, steering, throttle}
+    policy_version TEXT,                   -- the policy loaded at the start
+    notes          TEXT NOT NULL DEFAULT ''
+)""",
+    """
+CREATE TABLE steps (
+    episode_id     INTEGER NOT NULL REFERENCES episodes(id) ON DELETE CASCADE,
+    step           INTEGER NOT NULL CHECK (step >= 0),  -- 0, 1, ... (a gap is a dropped step)
+    action         INTEGER NOT NULL,       -- index into the episode's action table
+    source         TEXT NOT NULL CHECK (source IN ('human', 'policy', 'intervention')),
+    probs          BLOB,                   -- float32 little-endian, one per action, NULL if no policy ran
+    value          REAL,                   -- the policy's value estimate, NULL if none
+    reward         REAL NOT NULL DEFAULT 0,
+    done           INTEGER NOT NULL DEFAULT 0 CHECK (done IN (0, 1)),
+    capture_time   REAL NOT NULL,          -- time.monotonic() when the frame was captured
+    action_time    REAL NOT NULL,          -- time.monotonic() when the action was applied
+    policy_version TEXT,                   -- the policy that produced probs/value
+    frame          BLOB NOT NULL,          -- JPEG, RGB. Last, so reading the other columns
+                                           -- never walks the image's overflow pages.
+    PRIMARY KEY (episode_id, step)
+)""",
+)
+
+
+class StoreError(Exception):
+    """The episode database cannot be used; the message names the file and the problem."""
+
+
+class NotAMalpiDatabase(StoreError):
+    """The file is missing, not SQLite, damaged, or not a MaLPi episode store."""
+
+
+class SchemaVersionError(StoreError):
+    """The file is a MaLPi store of a schema version this code does not know."""
+
+
+def connect(path: str | os.PathLike[str], *, create: bool = False) -> sqlite3.Connection:
+    """Open (and with ``create``, initialise) an episode database; check what it is.
+
+    The connection is in autocommit mode: callers open transactions explicitly.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise NotAMalpiDatabase(f"{p} is a directory, not an episode database")
+    if not create and not p.exists():
+        raise NotAMalpiDatabase(f"{p}: no such episode database")
+    mode = "rwc" if create else "rw"
+    uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode={mode}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise NotAMalpiDatabase(f"{p}: cannot open: {exc}") from exc
+    try:
+        _check_and_init(conn, p, create)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_and_init(conn: sqlite3.Connection, p: Path, create: bool) -> None:
+    try:
+        # The first read of the header: "file is not a database" shows up here.
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as exc:
+        raise NotAMalpiDatabase(
+            f"{p} is not an SQLite database, or is damaged ({exc})"
+        ) from exc
+    if app_id == 0 and version == 0 and not tables:
+        if not create:
+            raise NotAMalpiDatabase(f"{p} is an empty SQLite file, not an episode database")
+        _initialise(conn, p)
+        return
+    if app_id != APPLICATION_ID:
+        shown = ", ".join(sorted(tables)[:8]) or "none"
+        raise NotAMalpiDatabase(
+            f"{p} is an SQLite database but not a MaLPi episode store (its tables: {shown})"
+        )
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{p} has episode schema version {version}, written by a newer MaLPi; "
+            f"this one reads up to version {SCHEMA_VERSION}: upgrade malpi"
+        )
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"{p} has unknown episode schema version {version}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        _set_wal(conn, p)
+
+
+def _set_wal(conn: sqlite3.Connection, p: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreError(f"{p}: cannot switch to WAL journaling (got {mode!r}); is it on a network drive?")
+
+
+def _initialise(conn: sqlite3.Connection, p: Path) -> None:
+    # auto_vacuum must be chosen before the first table exists; INCREMENTAL lets a
+    # delete hand the space back to the SD card without a full VACUUM.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    _set_wal(conn, p)
+    conn.execute("PRAGMA synchronous = FULL")
+    # One transaction: a crash part-way leaves an empty file, which the next open
+    # initialises again. user_version and application_id live in the header,
+    # which is written by this same transaction.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("ROLLBACK")  # another process initialised it first
+            _check_and_init(conn, p, create=False)
+            return
+        for statement in _SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
