@@ -1,0 +1,143 @@
+"""OpenCVCamera on a small generated video file (MJPG in AVI), paced like a live camera."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from malpi.camera.capture import CameraError
+from malpi.camera.opencv import OpenCVCamera
+
+FPS = 25.0
+N_FRAMES = 8
+
+
+def level(i: int) -> int:
+    return 20 + 25 * i  # grey level of frame i's right half
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    """8 frames at 25 fps, 64x48: left half pure red, right half grey level(i)."""
+    path = str(tmp_path_factory.mktemp("video") / "clip.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (64, 48))
+    assert writer.isOpened()
+    for i in range(N_FRAMES):
+        img = np.full((48, 64, 3), level(i), np.uint8)
+        img[:, :32] = (0, 0, 255)  # BGR red
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def frame_number(image: np.ndarray) -> int:
+    """Which frame this is, from the grey level of the right half (JPEG is lossy: nearest)."""
+    grey = float(image[:, image.shape[1] * 3 // 4 :].mean())
+    return int(np.argmin([abs(grey - level(i)) for i in range(N_FRAMES)]))
+
+
+def read_all(cam: OpenCVCamera, limit: float = 3.0):
+    frames, index = [], -1
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        frame = cam.wait_newer(index, 0.5)
+        if frame is None:
+            if not cam.alive:
+                break
+            continue
+        frames.append(frame)
+        index = frame.index
+    return frames
+
+
+def test_file_frames_are_rgb_at_the_policy_size(video):
+    with OpenCVCamera(video, height=12, width=16) as cam:
+        frame = cam.wait_newer(-1, 2.0)
+    assert frame.image.shape == (12, 16, 3) and frame.image.dtype == np.uint8
+    r, g, b = (int(v) for v in frame.image[6, 2])
+    assert r > 200 and g < 40 and b < 40  # red stays red: BGR was converted
+
+
+def test_file_plays_every_frame_at_its_own_rate_then_ends(video):
+    cam = OpenCVCamera(video, height=12, width=16)
+    t0 = time.monotonic()
+    cam.start()
+    frames = read_all(cam)
+    elapsed = time.monotonic() - t0
+    cam.close()
+    assert [frame_number(f.image) for f in frames] == list(range(N_FRAMES))
+    assert cam.ended and cam.error is None and not cam.alive
+    gaps = np.diff([f.timestamp for f in frames])
+    assert np.median(gaps) == pytest.approx(1 / FPS, rel=0.2)
+    assert elapsed >= (N_FRAMES - 1) / FPS * 0.9  # paced, not dumped as fast as it decodes
+
+
+def test_fps_overrides_the_file_rate(video):
+    with OpenCVCamera(video, height=12, width=16, fps=100.0) as cam:
+        frames = read_all(cam)
+    gaps = np.diff([f.timestamp for f in frames])
+    assert np.median(gaps) == pytest.approx(0.01, rel=0.3)
+
+
+def test_file_loops(video):
+    with OpenCVCamera(video, height=12, width=16, fps=100.0, loop=True) as cam:
+        frames = read_all(cam, limit=0.25)
+        assert cam.alive and not cam.ended
+    numbers = [frame_number(f.image) for f in frames]
+    assert len(numbers) > N_FRAMES + 3
+    wrap = numbers.index(N_FRAMES - 1) + 1
+    assert numbers[:wrap] == list(range(N_FRAMES))
+    assert numbers[wrap : wrap + 3] == [0, 1, 2]
+
+
+def test_a_slow_reader_sees_the_newest_file_frame(video):
+    with OpenCVCamera(video, height=12, width=16) as cam:
+        first = cam.wait_newer(-1, 2.0)
+        time.sleep(4.5 / FPS)  # busy for four and a half frame periods
+        frame = cam.wait_newer(first.index, 1.0)
+    assert frame.index >= first.index + 4
+    assert frame_number(frame.image) == frame.index
+
+
+def test_close_interrupts_pacing_promptly(video):
+    cam = OpenCVCamera(video, height=12, width=16, fps=2.0)  # half a second between frames
+    cam.start()
+    assert cam.wait_newer(-1, 2.0) is not None
+    t = time.monotonic()
+    cam.close()
+    assert time.monotonic() - t < 0.3
+    assert not cam.alive
+
+
+def test_missing_file_fails_at_start(tmp_path):
+    cam = OpenCVCamera(str(tmp_path / "nope.avi"))
+    with pytest.raises(CameraError, match="no such file"):
+        cam.start()
+    cam.close()
+
+
+def test_unreadable_file_fails_at_start(tmp_path):
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(CameraError, match="cannot open"):
+        OpenCVCamera(str(junk)).start()
+
+
+def test_absent_device_index_fails_at_start():
+    cam = OpenCVCamera("63")  # a digit string is a device index
+    assert cam.source == 63
+    with pytest.raises(CameraError, match="cannot open"):
+        cam.start()
+    cam.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"source": ""}, {"source": 1.5}, {"fps": 0}, {"fourcc": "MJPEG"}, {"capture_width": 0}],
+)
+def test_bad_parameters_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        OpenCVCamera(**kwargs)
