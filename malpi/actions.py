@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 NO_ACTION = -1
 """The "previous action" at the start of an episode: no action taken yet."""
 
@@ -102,14 +104,18 @@ class ActionTable(Sequence[Action]):
         return self._actions[index].command
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [{"name": a.name, "steering": a.steering, "throttle": a.throttle} for a in self._actions]
+        return [
+            {"name": a.name, "steering": a.steering, "throttle": a.throttle} for a in self._actions
+        ]
 
     @classmethod
     def from_list(cls, items: Iterable[Mapping[str, Any]]) -> ActionTable:
         actions = []
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
-                raise ActionTableError(f"action {i}: expected a table with name, steering, throttle")
+                raise ActionTableError(
+                    f"action {i}: expected a table with name, steering, throttle"
+                )
             extra = set(item) - {"name", "steering", "throttle"}
             if extra:
                 raise ActionTableError(f"action {i}: unknown key(s) {sorted(extra)}")
@@ -133,3 +139,12 @@ DEFAULT_ACTIONS = ActionTable(
 
 def _clamp(v: float, lo: float = -1.0, hi: float = 1.0) -> float:
     return lo if v < lo else hi if v > hi else float(v)
+
+
+def one_hot(actions: np.ndarray | Sequence[int] | int, num_actions: int) -> np.ndarray:
+    """One-hot float32 encoding of action indices; NO_ACTION (-1) becomes all zeros ("none")."""
+    actions = np.asarray(actions)
+    out = np.zeros((*actions.shape, num_actions), np.float32)
+    valid = actions >= 0
+    out[valid, actions[valid]] = 1.0
+    return out

@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="malpi", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    bench_parser = commands.add_parser("bench", help="measure performance (prints a table; --json FILE)")
+    bench_parser = commands.add_parser(
+        "bench", help="measure performance (prints a table; --json FILE)"
+    )
     bench = bench_parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
     for name in AREAS:
         importlib.import_module(name).register(commands, bench)

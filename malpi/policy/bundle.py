@@ -1,0 +1,307 @@
+"""The policy bundle: the single file that travels from the trainer to the robot.
+
+A bundle is a zip archive holding
+
+- ``manifest.json``: format and format version, the architecture spec, the
+  action table, the policy's version and id, creation time, provenance, and the
+  SHA-256 and size of each payload;
+- ``weights.npz``: the Keras weights, by name, in the spec's canonical order;
+- ``float.tflite`` and ``int8.tflite``: the step model for LiteRT, float and
+  with dynamic-range int8 weights.
+
+Loading validates all of it (structure, manifest schema, checksums, shapes
+against the spec, finite weights, and a test step of each LiteRT model) before
+returning, and raises :class:`BundleError` naming the first problem. Nothing
+here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malpi.actions import ActionTable, ActionTableError
+from malpi.policy.spec import PolicySpec, SpecError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "malpi-policy"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.npz"
+FLOAT_MODEL = "float.tflite"
+INT8_MODEL = "int8.tflite"
+PAYLOADS = (WEIGHTS, FLOAT_MODEL, INT8_MODEL)
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "id": str,
+    "version": int,
+    "parent": (str, type(None)),
+    "created": str,
+    "spec": dict,
+    "actions": list,
+    "provenance": dict,
+    "payloads": dict,
+}
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used; the message says what is wrong with it."""
+
+
+@dataclass
+class PolicyBundle:
+    manifest: dict[str, Any]
+    spec: PolicySpec
+    actions: ActionTable
+    weights: dict[str, np.ndarray]
+    tflite_float: bytes
+    tflite_int8: bytes
+    _payload_bytes: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def version(self) -> int:
+        return self.manifest["version"]
+
+    @property
+    def label(self) -> str:
+        """Short human-readable identity, e.g. ``v3-1a2b3c4d``."""
+        return f"v{self.version}-{self.id[:8]}"
+
+    @classmethod
+    def create(
+        cls,
+        spec: PolicySpec,
+        actions: ActionTable,
+        weights: dict[str, np.ndarray],
+        tflite_float: bytes,
+        tflite_int8: bytes,
+        provenance: dict[str, Any],
+        version: int = 1,
+        parent: str | None = None,
+    ) -> PolicyBundle:
+        weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+        buf = io.BytesIO()
+        np.savez(buf, **weights)
+        payloads = {WEIGHTS: buf.getvalue(), FLOAT_MODEL: tflite_float, INT8_MODEL: tflite_int8}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "id": hashlib.sha256(payloads[WEIGHTS]).hexdigest()[:16],
+            "version": int(version),
+            "parent": parent,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "spec": spec.to_dict(),
+            "actions": actions.to_list(),
+            "provenance": provenance,
+            "payloads": {
+                name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                for name, data in payloads.items()
+            },
+        }
+        return cls(manifest, spec, actions, weights, tflite_float, tflite_int8, payloads)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+            for name in PAYLOADS:
+                zf.writestr(name, self._payload_bytes[name])
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: a temp file in the same directory, fsync, rename, fsync the directory."""
+        return write_atomic(Path(path), self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **expect: Any) -> PolicyBundle:
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise BundleError(f"cannot read policy bundle {path}: {exc.strerror}") from exc
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path} is {size} bytes, over the {MAX_BUNDLE_BYTES}-byte limit")
+        return cls.from_bytes(path.read_bytes(), **expect)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        expected_actions: ActionTable | None = None,
+        expected_image: tuple[int, int] | None = None,
+        check_models: bool = True,
+    ) -> PolicyBundle:
+        """Parse and validate a bundle completely; raise BundleError naming the first problem.
+
+        ``expected_actions`` / ``expected_image``: what the robot is configured for;
+        a bundle trained for another action table or camera size is rejected.
+        """
+        if len(data) > MAX_BUNDLE_BYTES:
+            raise BundleError(
+                f"bundle is {len(data)} bytes, over the {MAX_BUNDLE_BYTES}-byte limit"
+            )
+        files = _read_zip(data)
+        manifest = _parse_manifest(files[MANIFEST])
+        try:
+            spec = PolicySpec.from_dict(manifest["spec"])
+        except (SpecError, TypeError) as exc:
+            raise BundleError(f"manifest spec is invalid: {exc}") from exc
+        try:
+            actions = ActionTable.from_list(manifest["actions"])
+        except ActionTableError as exc:
+            raise BundleError(f"manifest action table is invalid: {exc}") from exc
+        if len(actions) != spec.num_actions:
+            raise BundleError(
+                f"wrong action count: the action table has {len(actions)} actions "
+                f"but the spec's policy outputs {spec.num_actions}"
+            )
+        _check_payloads(manifest["payloads"], files)
+        weights = _parse_weights(files[WEIGHTS], spec)
+        if expected_actions is not None and actions != expected_actions:
+            raise BundleError(
+                f"action table mismatch: the bundle has {actions.to_list()}, "
+                f"the robot is configured for {expected_actions.to_list()}"
+            )
+        if expected_image is not None and spec.is_image:
+            got = (spec.image_height, spec.image_width)
+            if tuple(expected_image) != got:
+                raise BundleError(
+                    f"image size mismatch: the policy takes {got[0]}x{got[1]}, "
+                    f"the camera is configured for {expected_image[0]}x{expected_image[1]}"
+                )
+        bundle = cls(manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files)
+        if check_models:
+            from malpi.policy.runtime import check_model
+
+            for name in (FLOAT_MODEL, INT8_MODEL):
+                try:
+                    check_model(files[name], spec)
+                except Exception as exc:
+                    raise BundleError(f"{name} failed its test step: {exc}") from exc
+        return bundle
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _read_zip(data: bytes) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = set(zf.namelist())
+            expected = {MANIFEST, *PAYLOADS}
+            if names != expected:
+                missing, extra = sorted(expected - names), sorted(names - expected)
+                raise BundleError(
+                    f"bundle contents are wrong: missing {missing}, unexpected {extra}"
+                )
+            return {name: zf.read(name) for name in expected}
+    except zipfile.BadZipFile as exc:
+        raise BundleError(
+            f"not a readable policy bundle (truncated or corrupt archive): {exc}"
+        ) from exc
+    except (zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(
+            f"not a readable policy bundle (truncated or corrupt archive): {exc}"
+        ) from exc
+
+
+def _parse_manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError("manifest.json must hold a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    fv = manifest.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise BundleError(
+            f"unknown bundle format version {fv!r}; this malpi reads version {FORMAT_VERSION}"
+        )
+    for key, types in _MANIFEST_FIELDS.items():
+        if key not in manifest:
+            raise BundleError(f"manifest is missing {key!r}")
+        value = manifest[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            raise BundleError(f"manifest {key!r} has the wrong type ({type(value).__name__})")
+    unknown = set(manifest) - set(_MANIFEST_FIELDS)
+    if unknown:
+        raise BundleError(f"manifest has unknown field(s) {sorted(unknown)}")
+    return manifest
+
+
+def _check_payloads(entries: dict[str, Any], files: dict[str, bytes]) -> None:
+    if set(entries) != set(PAYLOADS):
+        raise BundleError(f"manifest payloads list {sorted(entries)}, expected {sorted(PAYLOADS)}")
+    for name in PAYLOADS:
+        entry = entries[name]
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"manifest payload entry for {name} lacks a sha256")
+        if entry.get("bytes") != len(files[name]):
+            raise BundleError(
+                f"{name} is {len(files[name])} bytes, the manifest says {entry.get('bytes')}"
+            )
+        if hashlib.sha256(files[name]).hexdigest() != entry["sha256"]:
+            raise BundleError(f"{name} does not match its SHA-256 checksum in the manifest")
+
+
+def _parse_weights(raw: bytes, spec: PolicySpec) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            weights = {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise BundleError(f"weights.npz cannot be read: {exc}") from exc
+    expected = spec.weight_shapes()
+    names = [n for n, _ in expected]
+    if set(weights) != set(names):
+        missing, extra = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+        raise BundleError(f"weights do not fit the spec: missing {missing}, unexpected {extra}")
+    for name, shape in expected:
+        w = weights[name]
+        if w.dtype != np.float32:
+            raise BundleError(f"weight {name} has dtype {w.dtype}, expected float32")
+        if w.shape != shape:
+            raise BundleError(f"weight {name} has shape {w.shape}, the spec needs {shape}")
+        if not np.isfinite(w).all():
+            raise BundleError(f"weight {name} has non-finite values (NaN or Inf)")
+    return {name: weights[name] for name in names}

@@ -1,0 +1,228 @@
+"""The step policy the robot runs: one frame in, an action out, the LSTM state kept in numpy.
+
+Backends: ``litert_float`` and ``litert_int8`` (LiteRT, no TensorFlow import)
+and ``tf`` (the Keras step model under ``tf.function``, for the desktop). None
+of them calls ``predict()`` per step. An episode reset is ``reset()``: h and c
+set to zero and the previous action to "none".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from malpi.actions import one_hot
+from malpi.policy.bundle import PolicyBundle
+from malpi.policy.spec import PolicySpec
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("litert_float", "litert_int8", "tf")
+
+
+class PolicyOutputError(RuntimeError):
+    """The policy produced non-finite outputs; the caller must not act on them."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    action: int
+    probs: np.ndarray  # (num_actions,) float32
+    value: float
+
+
+class StepBackend(Protocol):
+    def run(
+        self, obs: np.ndarray, prev: np.ndarray, h: np.ndarray, c: np.ndarray
+    ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        """(probs (N,), value, h' (1, U), c' (1, U)) for one step."""
+        ...
+
+
+class LiteRTStep:
+    """A LiteRT interpreter for the step model, its tensors resolved once by signature name."""
+
+    def __init__(self, model: bytes, spec: PolicySpec, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interp = Interpreter(model_content=model, num_threads=num_threads)
+        self._interp.allocate_tensors()
+        runner = self._interp.get_signature_runner()
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        u, n = spec.lstm_units, spec.num_actions
+        obs_dtype = np.uint8 if spec.is_image else np.float32
+        want_in = {
+            "frame": ((1, *spec.observation_shape), obs_dtype),
+            "prev_action": ((1, n), np.float32),
+            "h": ((1, u), np.float32),
+            "c": ((1, u), np.float32),
+        }
+        want_out = {"probs": (1, n), "value": (1, 1), "h": (1, u), "c": (1, u)}
+        _check_tensors("input", inputs, {k: v[0] for k, v in want_in.items()})
+        _check_tensors("output", outputs, want_out)
+        for name, (_, dtype) in want_in.items():
+            if inputs[name]["dtype"] != dtype:
+                raise ValueError(
+                    f"input {name} has dtype {inputs[name]['dtype'].__name__}, expected {dtype.__name__}"
+                )
+        self._in = {k: inputs[k]["index"] for k in want_in}
+        self._out = {k: outputs[k]["index"] for k in want_out}
+
+    def run(self, obs, prev, h, c):
+        it = self._interp
+        it.set_tensor(self._in["frame"], obs[None])
+        it.set_tensor(self._in["prev_action"], prev)
+        it.set_tensor(self._in["h"], h)
+        it.set_tensor(self._in["c"], c)
+        it.invoke()
+        get = it.get_tensor
+        return (
+            get(self._out["probs"])[0],
+            float(get(self._out["value"])[0, 0]),
+            get(self._out["h"]),
+            get(self._out["c"]),
+        )
+
+
+def _check_tensors(kind: str, details: dict, want: dict[str, tuple[int, ...]]) -> None:
+    if set(details) != set(want):
+        raise ValueError(f"model {kind}s are {sorted(details)}, expected {sorted(want)}")
+    for name, shape in want.items():
+        got = tuple(int(d) for d in details[name]["shape"])
+        if got != shape:
+            raise ValueError(f"model {kind} {name} has shape {got}, the spec needs {shape}")
+
+
+class TFStep:
+    """The Keras step model under ``tf.function`` (imports TensorFlow; desktop use)."""
+
+    def __init__(self, bundle: PolicyBundle):
+        import tensorflow as tf
+
+        from malpi.policy.model import build_policy
+
+        net = build_policy(bundle.spec)
+        net.set_named_weights(bundle.weights)
+        spec = bundle.spec
+        u, n = spec.lstm_units, spec.num_actions
+        obs_dtype = tf.uint8 if spec.is_image else tf.float32
+        model = net.step_model
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((1, *spec.observation_shape), obs_dtype),
+                tf.TensorSpec((1, n), tf.float32),
+                tf.TensorSpec((1, u), tf.float32),
+                tf.TensorSpec((1, u), tf.float32),
+            ]
+        )
+        def step(obs, prev, h, c):
+            out = model([obs, prev, h, c])
+            return out["probs"], out["value"], out["h"], out["c"]
+
+        self._step = step
+        self.network = net
+
+    def run(self, obs, prev, h, c):
+        probs, value, h2, c2 = self._step(obs[None], prev, h, c)
+        return probs.numpy()[0], float(value.numpy()[0, 0]), h2.numpy(), c2.numpy()
+
+
+def make_backend(bundle: PolicyBundle, backend: str, num_threads: int = 1) -> StepBackend:
+    if backend == "litert_float":
+        return LiteRTStep(bundle.tflite_float, bundle.spec, num_threads)
+    if backend == "litert_int8":
+        return LiteRTStep(bundle.tflite_int8, bundle.spec, num_threads)
+    if backend == "tf":
+        return TFStep(bundle)
+    raise ValueError(f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class StepPolicy:
+    """Runs a bundle one step at a time, holding the LSTM state between steps.
+
+    ``sample=False`` picks the most probable action; ``sample=True`` draws from
+    the probabilities (seeded by ``seed``), as reinforcement learning needs.
+    """
+
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        backend: str = "litert_int8",
+        sample: bool = False,
+        seed: int | None = None,
+        num_threads: int = 1,
+    ):
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.backend_name = backend
+        self.sample = sample
+        self._backend = make_backend(bundle, backend, num_threads)
+        self._rng = np.random.default_rng(seed)
+        self._onehot = one_hot(np.arange(-1, self.spec.num_actions), self.spec.num_actions)[
+            :, None, :
+        ]
+        self.reset()
+
+    @property
+    def version(self) -> str:
+        return self.bundle.label
+
+    def reset(self) -> None:
+        """Start a new episode: zero LSTM state."""
+        u = self.spec.lstm_units
+        self.h = np.zeros((1, u), np.float32)
+        self.c = np.zeros((1, u), np.float32)
+
+    def step(self, obs: np.ndarray, prev_action: int) -> StepResult:
+        """One control step. ``prev_action`` is the action taken last step, or -1 at an episode start."""
+        if obs.shape != self.spec.observation_shape:
+            raise ValueError(
+                f"observation has shape {obs.shape}, the policy takes {self.spec.observation_shape}"
+            )
+        if not -1 <= prev_action < self.spec.num_actions:
+            raise ValueError(f"previous action {prev_action} is outside the action table")
+        probs, value, h, c = self._backend.run(obs, self._onehot[prev_action + 1], self.h, self.c)
+        if not (
+            np.isfinite(probs).all()
+            and np.isfinite(value)
+            and np.isfinite(h).all()
+            and np.isfinite(c).all()
+        ):
+            raise PolicyOutputError("policy produced non-finite outputs")
+        self.h, self.c = h, c
+        if self.sample:
+            cdf = np.cumsum(probs, dtype=np.float64)
+            action = int(
+                min(
+                    np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"), len(probs) - 1
+                )
+            )
+        else:
+            action = int(np.argmax(probs))
+        return StepResult(action, probs, value)
+
+
+def check_model(model: bytes, spec: PolicySpec) -> None:
+    """Load a LiteRT step model, check its tensors against the spec and run two test steps."""
+    backend = LiteRTStep(model, spec)
+    rng = np.random.default_rng(0)
+    if spec.is_image:
+        obs = rng.integers(0, 256, spec.observation_shape, dtype=np.uint8)
+    else:
+        obs = rng.normal(size=spec.observation_shape).astype(np.float32)
+    u, n = spec.lstm_units, spec.num_actions
+    h = np.zeros((1, u), np.float32)
+    c = np.zeros((1, u), np.float32)
+    prev = np.zeros((1, n), np.float32)
+    for _ in range(2):
+        probs, value, h, c = backend.run(obs, prev, h, c)
+        if not (np.isfinite(probs).all() and np.isfinite(value) and np.isfinite(h).all()):
+            raise ValueError("the test step produced non-finite outputs")
+        if abs(float(probs.sum()) - 1.0) > 1e-3:
+            raise ValueError(
+                f"the test step's probabilities sum to {float(probs.sum()):.4f}, not 1"
+            )

@@ -1,0 +1,141 @@
+"""Policy bundles: round trip, atomic save, and rejection of every kind of bad bundle."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from policy_helpers import TINY_SPEC, edit_weights, rezip
+
+from malpi.actions import DEFAULT_ACTIONS, ActionTable
+from malpi.policy.bundle import BundleError, PolicyBundle
+from malpi.policy.export import make_bundle
+from malpi.policy.model import build_policy
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return make_bundle(build_policy(TINY_SPEC, seed=1), DEFAULT_ACTIONS, provenance={"test": True})
+
+
+@pytest.fixture(scope="module")
+def data(bundle):
+    return bundle.to_bytes()
+
+
+def test_round_trip_keeps_everything(bundle, data, tmp_path):
+    path = bundle.save(tmp_path / "p.malpi")
+    loaded = PolicyBundle.load(path)
+    assert loaded.manifest == bundle.manifest
+    assert loaded.spec == TINY_SPEC and loaded.actions == DEFAULT_ACTIONS
+    assert loaded.tflite_float == bundle.tflite_float and loaded.tflite_int8 == bundle.tflite_int8
+    for name, w in bundle.weights.items():
+        np.testing.assert_array_equal(loaded.weights[name], w)
+    m = loaded.manifest
+    assert m["format_version"] == 1 and m["provenance"] == {"test": True} and m["created"]
+    assert set(m["payloads"]) == {"weights.npz", "float.tflite", "int8.tflite"}
+    assert all(len(p["sha256"]) == 64 for p in m["payloads"].values())
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(bundle, tmp_path):
+    path = tmp_path / "p.malpi"
+    path.write_bytes(b"old")
+    bundle.save(path)
+    assert os.listdir(tmp_path) == ["p.malpi"]
+    PolicyBundle.load(path)
+
+
+def test_truncated_file_is_rejected(data):
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        with pytest.raises(BundleError, match="truncated or corrupt"):
+            PolicyBundle.from_bytes(data[:cut])
+
+
+def test_flipped_byte_is_rejected(data):
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(0, len(data), 25):
+        corrupt = bytearray(data)
+        corrupt[pos] ^= 0x5A
+        with pytest.raises(BundleError):
+            PolicyBundle.from_bytes(bytes(corrupt))
+
+
+def test_payload_not_matching_its_checksum_is_rejected(data):
+    bad = rezip(
+        data,
+        payload_edit=lambda f: f.update({"int8.tflite": f["int8.tflite"][:-1] + b"\0"}),
+        fix_checksums=False,
+    )
+    with pytest.raises(BundleError, match="int8.tflite"):
+        PolicyBundle.from_bytes(bad)
+
+
+def test_wrong_action_count_is_rejected(data):
+    bad = rezip(data, manifest_edit=lambda m: m.update(actions=m["actions"][:4]))
+    with pytest.raises(BundleError, match="wrong action count: the action table has 4 actions"):
+        PolicyBundle.from_bytes(bad)
+    # A consistent bundle for another action table than the robot's is refused too.
+    other = ActionTable.from_list([{**a, "throttle": 0.1} for a in DEFAULT_ACTIONS.to_list()])
+    with pytest.raises(BundleError, match="action table mismatch"):
+        PolicyBundle.from_bytes(data, expected_actions=other)
+
+
+def test_wrong_image_size_is_rejected(data):
+    with pytest.raises(BundleError, match="image size mismatch: the policy takes 48x64"):
+        PolicyBundle.from_bytes(data, expected_image=(120, 160))
+    # A manifest that lies about the image size does not fit its own weights.
+    bad = rezip(data, manifest_edit=lambda m: m["spec"].update(image_height=60, image_width=80))
+    with pytest.raises(BundleError, match="bottleneck/kernel has shape"):
+        PolicyBundle.from_bytes(bad)
+
+
+def test_nan_weight_is_rejected(data):
+    def poison(w):
+        w["lstm/kernel"][3, 7] = np.nan
+
+    bad = rezip(data, payload_edit=lambda f: edit_weights(f, poison))
+    with pytest.raises(BundleError, match="lstm/kernel has non-finite values"):
+        PolicyBundle.from_bytes(bad)
+
+
+def test_unknown_format_version_is_rejected(data):
+    bad = rezip(data, manifest_edit=lambda m: m.update(format_version=2))
+    with pytest.raises(BundleError, match="unknown bundle format version 2"):
+        PolicyBundle.from_bytes(bad)
+
+
+def test_manifest_schema_is_enforced(data):
+    with pytest.raises(BundleError, match="missing 'spec'"):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=lambda m: m.pop("spec")))
+    with pytest.raises(BundleError, match="'version' has the wrong type"):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=lambda m: m.update(version="3")))
+    with pytest.raises(BundleError, match="unknown field"):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=lambda m: m.update(colour="red")))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    files["manifest.json"] = b"{not json"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    with pytest.raises(BundleError, match="not valid JSON"):
+        PolicyBundle.from_bytes(buf.getvalue())
+
+
+def test_model_that_does_not_fit_the_spec_is_rejected(data):
+    other = make_bundle(
+        build_policy(TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "lstm_units": 16})),
+        DEFAULT_ACTIONS,
+        check_parity=False,
+    )
+    bad = rezip(data, payload_edit=lambda f: f.update({"float.tflite": other.tflite_float}))
+    with pytest.raises(
+        BundleError, match="float.tflite failed its test step: model input . has shape"
+    ):
+        PolicyBundle.from_bytes(bad)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(BundleError, match="nope.malpi"):
+        PolicyBundle.load(tmp_path / "nope.malpi")
