@@ -12,6 +12,7 @@ import sys
 # import heavy libraries (TensorFlow, OpenCV): handlers import what they need.
 AREAS = [
     "malpi.policy.cli",
+    "malpi.recorder.cli",
 ]
 
 
