@@ -129,7 +129,7 @@ def _show(args: argparse.Namespace) -> int:
         with_probs = [s for s in steps if s.probs is not None]
         if with_probs:
             taken = np.mean([s.probs[s.action] for s in with_probs])
-            print(f"policy    probabilities on {len(with_probs)} steps, "
+            print(f"probs     recorded on {len(with_probs)} steps, "
                   f"mean probability of the action taken {taken:.3f}")  # fmt: skip
         values = [s.value for s in steps if s.value is not None]
         if values:
@@ -144,7 +144,7 @@ def _show(args: argparse.Namespace) -> int:
               f"p99 {np.percentile(latency, 99) * 1e3:.1f} ms")  # fmt: skip
         print(f"frames    {_frame_size(steps[0].jpeg)}, "
               f"JPEG mean {np.mean([len(s.jpeg) for s in steps]) / 1e3:.1f} KB")  # fmt: skip
-    print("action table  " + ", ".join(
+    print("table     " + ", ".join(
         f"{a.name} (steer {a.steering:+g}, throttle {a.throttle:+g})" for a in info.action_table
     ))  # fmt: skip
     print("config    " + (json.dumps(info.config, sort_keys=True) if info.config else "{}"))
