@@ -61,6 +61,11 @@ def test_file_frames_are_rgb_at_the_policy_size(video):
     assert r > 200 and g < 40 and b < 40  # red stays red: BGR was converted
 
 
+def period(frames) -> float:
+    """Seconds per published frame (robust to a reader that skipped some)."""
+    return (frames[-1].timestamp - frames[0].timestamp) / (frames[-1].index - frames[0].index)
+
+
 def test_file_plays_every_frame_at_its_own_rate_then_ends(video):
     cam = OpenCVCamera(video, height=12, width=16)
     t0 = time.monotonic()
@@ -68,29 +73,28 @@ def test_file_plays_every_frame_at_its_own_rate_then_ends(video):
     frames = read_all(cam)
     elapsed = time.monotonic() - t0
     cam.close()
-    assert [frame_number(f.image) for f in frames] == list(range(N_FRAMES))
+    # Every frame of the file was published, in order (index i shows frame i)...
+    assert frames[-1].index == N_FRAMES - 1
+    assert all(frame_number(f.image) == f.index for f in frames)
     assert cam.ended and cam.error is None and not cam.alive
-    gaps = np.diff([f.timestamp for f in frames])
-    assert np.median(gaps) == pytest.approx(1 / FPS, rel=0.2)
-    assert elapsed >= (N_FRAMES - 1) / FPS * 0.9  # paced, not dumped as fast as it decodes
+    # ...at the file's rate, not as fast as it decodes.
+    assert period(frames) == pytest.approx(1 / FPS, rel=0.2)
+    assert elapsed >= (N_FRAMES - 1) / FPS * 0.9
 
 
 def test_fps_overrides_the_file_rate(video):
     with OpenCVCamera(video, height=12, width=16, fps=100.0) as cam:
         frames = read_all(cam)
-    gaps = np.diff([f.timestamp for f in frames])
-    assert np.median(gaps) == pytest.approx(0.01, rel=0.3)
+    assert frames[-1].index == N_FRAMES - 1
+    assert period(frames) == pytest.approx(0.01, rel=0.3)
 
 
 def test_file_loops(video):
     with OpenCVCamera(video, height=12, width=16, fps=100.0, loop=True) as cam:
-        frames = read_all(cam, limit=0.25)
+        frames = read_all(cam, limit=0.3)
         assert cam.alive and not cam.ended
-    numbers = [frame_number(f.image) for f in frames]
-    assert len(numbers) > N_FRAMES + 3
-    wrap = numbers.index(N_FRAMES - 1) + 1
-    assert numbers[:wrap] == list(range(N_FRAMES))
-    assert numbers[wrap : wrap + 3] == [0, 1, 2]
+    assert frames[-1].index >= N_FRAMES + 3  # went past the end of the file...
+    assert all(frame_number(f.image) == f.index % N_FRAMES for f in frames)  # ...from its start
 
 
 def test_a_slow_reader_sees_the_newest_file_frame(video):
@@ -98,7 +102,9 @@ def test_a_slow_reader_sees_the_newest_file_frame(video):
         first = cam.wait_newer(-1, 2.0)
         time.sleep(4.5 / FPS)  # busy for four and a half frame periods
         frame = cam.wait_newer(first.index, 1.0)
-    assert frame.index >= first.index + 4
+        newest = cam.latest()
+    assert frame.index >= first.index + 2  # the frames in between were never queued for us
+    assert newest.index - frame.index <= 1
     assert frame_number(frame.image) == frame.index
 
 
