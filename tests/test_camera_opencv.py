@@ -147,3 +147,92 @@ def test_absent_device_index_fails_at_start():
 def test_bad_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         OpenCVCamera(**kwargs)
+
+
+class FakeDevice:
+    """Stands in for cv2.VideoCapture on a USB camera (none on a build machine)."""
+
+    instances: list[FakeDevice] = []
+
+    def __init__(self, source):
+        self.source, self.props, self.released, self.reads = source, {}, False, 0
+        self.fail_from = None
+        FakeDevice.instances.append(self)
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        return self.props.get(prop, 0.0)
+
+    def read(self):
+        self.reads += 1
+        time.sleep(0.002)
+        if self.fail_from is not None and self.reads >= self.fail_from:
+            return False, None
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:, :, 0] = 255  # BGR blue
+        return True, img
+
+    def release(self):
+        self.released = True
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    FakeDevice.instances.clear()
+    monkeypatch.setattr(cv2, "VideoCapture", FakeDevice)
+    return FakeDevice
+
+
+def test_device_is_asked_for_size_rate_format_and_one_buffer(fake_device):
+    cam = OpenCVCamera(0, height=12, width=16, capture_width=320, capture_height=240, fps=30,
+                       fourcc="MJPG")
+    with cam:
+        frame = cam.wait_newer(-1, 1.0)
+        dev = fake_device.instances[0]
+    assert dev.source == 0 and dev.released
+    assert dev.props == {
+        cv2.CAP_PROP_FOURCC: cv2.VideoWriter_fourcc(*"MJPG"),
+        cv2.CAP_PROP_FRAME_WIDTH: 320,
+        cv2.CAP_PROP_FRAME_HEIGHT: 240,
+        cv2.CAP_PROP_FPS: 30,
+        cv2.CAP_PROP_BUFFERSIZE: 1,
+    }
+    assert tuple(int(v) for v in frame.image[0, 0]) == (0, 0, 255)  # blue, now in RGB
+    assert frame.timestamp <= time.monotonic()
+
+
+def test_device_that_stops_reading_is_an_error_not_an_end(fake_device):
+    cam = OpenCVCamera(0, height=12, width=16)
+    cam.start()
+    assert cam.wait_newer(-1, 1.0) is not None
+    fake_device.instances[0].fail_from = fake_device.instances[0].reads + 1
+    cam._thread.join(2)
+    assert isinstance(cam.error, CameraError) and "5 reads failed in a row" in str(cam.error)
+    assert not cam.ended and fake_device.instances[0].released
+    cam.close()
+
+
+def test_a_single_failed_read_is_tolerated(fake_device):
+    cam = OpenCVCamera(0, height=12, width=16)
+    cam.start()
+    first = cam.wait_newer(-1, 1.0)
+    dev = fake_device.instances[0]
+    real_read = dev.read
+    failed = []
+
+    def flaky_read():
+        if not failed:
+            failed.append(1)
+            return False, None
+        return real_read()
+
+    dev.read = flaky_read
+    assert cam.wait_newer(first.index + 1, 1.0) is not None
+    assert failed and cam.alive and cam.error is None
+    cam.close()
