@@ -83,3 +83,43 @@ def check_stored(
     assert s.frame is not None and s.frame.shape == (H, W, 3) and s.frame.dtype == np.uint8
     err = frame_error(s.frame, want.frame)
     assert err < FRAME_TOLERANCE, f"episode {episode} step {i}: frame differs by {err:.2f}"
+
+
+def crash_child_main(db: str, log_path: str, run: int, rate_hz: float = 50.0) -> None:
+    """The process the crash test kills: records episodes of deterministic steps forever.
+
+    Every event is logged to ``log_path`` with its time.monotonic(), by one unbuffered
+    write each (which a SIGKILL cannot tear): "O t" once the recorder is open, "S ep t"
+    after start_episode, "R ep i t" *before* record() (so any step on disk is in the log),
+    "D ep i t" if it was dropped, "E ep outcome final t" after end_episode.
+    """
+    import os
+    import random
+    import time
+
+    from malpi.recorder import Recorder
+
+    rng = random.Random(run)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def log(*fields: object) -> None:
+        os.write(fd, (" ".join(map(str, fields)) + f" {time.monotonic()!r}\n").encode())
+
+    rec = Recorder(db)
+    log("O")
+    period = 1.0 / rate_hz
+    due = time.monotonic()
+    while True:
+        ep = rec.start_episode(meta_for(run))
+        log("S", ep)
+        for i in range(rng.randint(10, 80)):
+            step = step_for(ep, i)
+            log("R", ep, i)
+            if rec.record(step) is None:
+                log("D", ep, i)
+            due += period
+            time.sleep(max(0.0, due - time.monotonic()))
+        outcome = rng.choice(["finished", "failed", "aborted"])
+        final = -10.0 if outcome == "failed" else None
+        rec.end_episode(outcome, final)
+        log("E", ep, outcome, final)
