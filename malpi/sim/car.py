@@ -92,8 +92,23 @@ class Car:
         gl, gr = (1 + self.rng.normal(0, p.gain_spread * n, 2)) if n else (1.0, 1.0)
         self._noise = self.rng.standard_normal((256, 2)) if n else np.zeros((1, 2))
         self._ni = 0
-        self.state = CarState(x, y, heading, speed, 0.0 if p.drivetrain == "steering" else speed,
-                              speed, trim, float(gl), float(gr))
+        self.state = CarState(
+            x,
+            y,
+            heading,
+            speed,
+            0.0 if p.drivetrain == "steering" else speed,
+            speed,
+            trim,
+            float(gl),
+            float(gr),
+        )
+        return self.state
+
+    def put(self, x: float, y: float, heading: float) -> CarState:
+        """Move the car to a pose, at rest, keeping this episode's trim and gains."""
+        st = self.state
+        self.state = CarState(x, y, heading, 0.0, 0.0, 0.0, st.trim, st.gain_left, st.gain_right)
         return self.state
 
     def set_state(self, state: CarState) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -70,11 +71,13 @@ class CameraSpec:
         gx = self.forward + scale * fwd
         gy = -scale * xc
         # whole rows, so the far haze is a horizontal band, as the eye expects
-        ok = np.isfinite(scale) & (scale[:, self.width // 2 : self.width // 2 + 1] <= self.max_range)
+        ok = np.isfinite(scale) & (
+            scale[:, self.width // 2 : self.width // 2 + 1] <= self.max_range
+        )
         return np.stack([gx, gy], axis=-1), ok
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Band:
     r0: int
     r1: int
@@ -92,38 +95,16 @@ class CameraRenderer:
 
     def _build(self) -> None:
         sp, tex = self.spec, self.texture
-        pts, ok = sp.ground_points()
-        pts = np.where(ok[..., None], pts, np.nan)  # NaN only in the haze rows
-        # floor area one pixel covers, in level-0 texture pixels: picks the mip level per row
-        dx = np.abs(np.diff(pts[..., 0], axis=0, append=np.nan))
-        dy = np.abs(np.diff(pts[..., 1], axis=1, append=np.nan))
-        with np.errstate(invalid="ignore"):
-            foot = np.sqrt(dx * dy) * tex.ppm
-        top = min(sp.height, max(0, int(math.floor(sp.horizon_row())) + 1))
-        rows = np.flatnonzero(ok[:, 0])
-        self.floor_row = int(rows[0]) if len(rows) else sp.height  # first row drawn from the floor
-        self.bands: list[_Band] = []
-        levels = []
-        for r in range(self.floor_row, sp.height):
-            fr = foot[r][np.isfinite(foot[r])]
-            fp = float(np.median(fr)) if fr.size else 1.0
-            levels.append(int(np.clip(math.floor(math.log2(max(fp, 1.0))), 0, len(tex.levels) - 1)))
-        r = self.floor_row
-        while r < sp.height:
-            lvl = levels[r - self.floor_row]
-            r1 = r + 1
-            while r1 < sp.height and levels[r1 - self.floor_row] == lvl:
-                r1 += 1
-            band = np.ascontiguousarray(pts[r:r1], dtype=np.float32)
-            self.bands.append(_Band(r, r1, lvl, band.reshape(-1, 1, 2)))
-            r = r1
+        self.floor_row, top, self.bands = _geometry(sp, tex.ppm, len(tex.levels))
         self._border = tuple(tex.border)
         # the fixed part of the picture: wall above the horizon, floor haze down to floor_row
         self.background = np.empty((self.floor_row, sp.width, 3), np.uint8)
         self.background[:top] = _wall(sp.width, top)
         self.background[top:] = np.array(self._border, np.float32).astype(np.uint8)
 
-    def render(self, x: float, y: float, heading: float, out: np.ndarray | None = None) -> np.ndarray:
+    def render(
+        self, x: float, y: float, heading: float, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """The (H, W, 3) uint8 RGB image seen from the car at (x, y, heading)."""
         sp, tex = self.spec, self.texture
         if out is None:
@@ -151,6 +132,39 @@ class CameraRenderer:
                 borderValue=self._border,
             )
         return out
+
+
+@lru_cache(maxsize=32)
+def _geometry(sp: CameraSpec, ppm: float, nlevels: int) -> tuple[int, int, tuple[_Band, ...]]:
+    """(first floor row, first row below the horizon, bands of rows per mip level) of a
+    camera spec: the same for every track, so worked out once."""
+    pts, ok = sp.ground_points()
+    pts = np.where(ok[..., None], pts, np.nan)  # NaN only in the haze rows
+    # floor area one pixel covers, in level-0 texture pixels: picks the mip level per row
+    dx = np.abs(np.diff(pts[..., 0], axis=0, append=np.nan))
+    dy = np.abs(np.diff(pts[..., 1], axis=1, append=np.nan))
+    with np.errstate(invalid="ignore"):
+        foot = np.sqrt(dx * dy) * ppm
+    top = min(sp.height, max(0, int(math.floor(sp.horizon_row())) + 1))
+    rows = np.flatnonzero(ok[:, 0])
+    floor_row = int(rows[0]) if len(rows) else sp.height
+    levels = []
+    for r in range(floor_row, sp.height):
+        fr = foot[r][np.isfinite(foot[r])]
+        fp = float(np.median(fr)) if fr.size else 1.0
+        levels.append(int(np.clip(math.floor(math.log2(max(fp, 1.0))), 0, nlevels - 1)))
+    bands = []
+    r = floor_row
+    while r < sp.height:
+        lvl = levels[r - floor_row]
+        r1 = r + 1
+        while r1 < sp.height and levels[r1 - floor_row] == lvl:
+            r1 += 1
+        band = np.ascontiguousarray(pts[r:r1], dtype=np.float32).reshape(-1, 1, 2)
+        band.setflags(write=False)  # shared between renderers
+        bands.append(_Band(r, r1, lvl, band))
+        r = r1
+    return floor_row, top, tuple(bands)
 
 
 def _wall(width: int, rows: int) -> np.ndarray:

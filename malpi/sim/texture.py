@@ -12,6 +12,7 @@ carpet, wooden boards, concrete, a green mat, or bare floor with tape lines.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -60,13 +61,16 @@ class TrackTexture:
         h = int(np.ceil((ymax - ymin + 2 * margin) * ppm))
         rng = np.random.default_rng(np.random.SeedSequence([track.seed, 0x666C6F6F72]))
         self.style = STYLES[int(rng.integers(len(STYLES)))]
-        image = _floor(rng, self.style, h, w, ppm)
-        self._paint_track(image, rng)
+        floor, road = _materials(self.style, self.ppm)
+        dy, dx = (int(v) for v in rng.integers(0, TILE, 2))
+        image = np.empty((h, w, 3), np.uint8)
+        _blit(floor, image, dy, dx)
+        self._paint_track(image, road, (dx, dy))
         self.levels = [image]
         for _ in range(levels - 1):
             self.levels.append(cv2.pyrDown(self.levels[-1]))
         # seen beyond the edge of the floor image (the far distance): the average floor
-        self.border: tuple[float, float, float] = tuple(float(c) for c in image.mean(axis=(0, 1)))
+        self.border: tuple[float, float, float] = tuple(float(c) for c in cv2.mean(floor)[:3])
 
     @property
     def image(self) -> np.ndarray:
@@ -81,18 +85,12 @@ class TrackTexture:
         # cv2 drawing with 4 fractional bits: sub-pixel accurate lines
         return np.round(self.world_to_px(xy) * 16).astype(np.int32)
 
-    def _paint_track(self, image: np.ndarray, rng: np.random.Generator) -> None:
+    def _paint_track(self, image: np.ndarray, surface: np.ndarray, at: tuple[int, int]) -> None:
         t, st = self.track, self.style
-        left, right = self._pts(t.left_edge), self._pts(t.right_edge)
-        nxt = np.roll(np.arange(t.n), -1)
-        quads = np.stack([left, left[nxt], right[nxt], right], axis=1)
         road = np.zeros(image.shape[:2], np.uint8)
-        cv2.fillPoly(road, list(quads), 255, cv2.LINE_8, 4)
-        grain = rng.normal(0, st.grain * 0.6, (256, 256)).astype(np.float32)
-        surface = np.empty_like(image)
-        surface[:] = st.road
-        surface = _add_tiled(surface, grain)
-        image[road > 0] = surface[road > 0]
+        # the two edges as one even-odd polygon: the ring between them
+        cv2.fillPoly(road, [self._pts(t.left_edge), self._pts(t.right_edge)], 255, cv2.LINE_8, 4)
+        _blit(surface, image, *at, mask=road)
         lw = max(1, int(round(EDGE_LINE * self.ppm)))
         inset = t.half_width - EDGE_INSET
         for sign in (1, -1):
@@ -126,27 +124,54 @@ class TrackTexture:
                 cv2.fillPoly(image, [self._pts(quad)], colour, cv2.LINE_AA, 4)
 
 
-def _floor(rng: np.random.Generator, st: FloorStyle, h: int, w: int, ppm: float) -> np.ndarray:
-    image = np.empty((h, w, 3), np.uint8)
-    image[:] = st.floor
-    # large-scale shading: a coarse random field blown up smoothly (~0.5 m blobs)
-    cell = max(4, int(0.5 * ppm))
-    coarse = rng.normal(0, st.blotch, (h // cell + 2, w // cell + 2)).astype(np.float32)
-    shade = cv2.resize(coarse, (w + 2 * cell, h + 2 * cell), interpolation=cv2.INTER_CUBIC)
-    shade = shade[cell : cell + h, cell : cell + w]
-    if st.boards:
-        board = max(2, int(0.14 * ppm))
-        tint = rng.normal(0, 14, h // board + 1).astype(np.float32)
-        shade = shade + np.repeat(tint, board)[:h, None]
+TILE = 1024  # px; floor materials repeat every 10 m, far beyond what the camera sees at once
+
+
+@lru_cache(maxsize=len(STYLES))
+def _materials(style: FloorStyle, ppm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Periodic floor and road tiles of a style, made once per process: every track of
+    that style copies them (at a random offset) instead of synthesising noise again."""
+    rng = np.random.default_rng(np.random.SeedSequence([STYLES.index(style), 0x74696C65]))
+    # large-scale shading: low-pass filtered noise (via FFT, so the tile wraps seamlessly)
+    f = np.fft.rfft2(rng.normal(0, 1, (TILE, TILE)))
+    ky = np.fft.fftfreq(TILE)[:, None]
+    kx = np.fft.rfftfreq(TILE)[None, :]
+    blob_px = 0.4 * ppm
+    shade = np.fft.irfft2(f * np.exp(-((kx**2 + ky**2) * (blob_px * np.pi) ** 2)), s=(TILE, TILE))
+    shade *= style.blotch / max(shade.std(), 1e-9)
+    if style.boards:
+        board = 16
+        tint = np.repeat(rng.normal(0, 14, TILE // board), board)[:, None]
+        shade = shade + tint
         shade[::board] -= 35  # the gaps between boards
-    grain = rng.normal(0, st.grain, (256, 256)).astype(np.float32)
-    out = image.astype(np.float32) + shade[..., None]
-    return _add_tiled(np.clip(out, 0, 255).astype(np.uint8), grain)
+    floor = (
+        np.asarray(style.floor, np.float32)
+        + (shade + rng.normal(0, style.grain, shade.shape))[..., None]
+    )
+    road = np.asarray(style.road, np.float32) + rng.normal(0, style.grain * 0.6, (TILE, TILE, 1))
+    return (np.clip(floor, 0, 255).astype(np.uint8), np.clip(road, 0, 255).astype(np.uint8))
 
 
-def _add_tiled(image: np.ndarray, tile: np.ndarray) -> np.ndarray:
-    """Add a repeating noise tile (cheap fine texture that need not be unique)."""
-    h, w = image.shape[:2]
-    reps = (h // tile.shape[0] + 1, w // tile.shape[1] + 1)
-    noise = np.tile(tile, reps)[:h, :w, None]
-    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+def _runs(n: int, start: int) -> list[tuple[int, int, int]]:
+    """(out_from, tile_from, length) runs covering n output pixels from tile offset start."""
+    runs, o, t = [], 0, start % TILE
+    while o < n:
+        k = min(n - o, TILE - t)
+        runs.append((o, t, k))
+        o, t = o + k, 0
+    return runs
+
+
+def _blit(
+    tile: np.ndarray, dst: np.ndarray, dy: int, dx: int, mask: np.ndarray | None = None
+) -> None:
+    """Fill dst (where mask is set, if given) from the periodic tile starting at (dy, dx)."""
+    h, w = dst.shape[:2]
+    for oy, ty, ky in _runs(h, dy):
+        for ox, tx, kx in _runs(w, dx):
+            src = tile[ty : ty + ky, tx : tx + kx]
+            out = dst[oy : oy + ky, ox : ox + kx]
+            if mask is None:
+                out[:] = src
+            else:
+                cv2.copyTo(src, mask[oy : oy + ky, ox : ox + kx], out)  # writes into the view

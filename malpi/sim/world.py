@@ -71,28 +71,39 @@ class World:
         camera: Any = None,
         rng: np.random.Generator | None = None,
         ppm: float = 100.0,
+        renderer: Any = None,
     ):
         self.track = track_for_seed(track) if isinstance(track, int) else track
         self.car = Car(car, rng)
         self.camera_spec = camera  # a render.CameraSpec, or None for the default
         self.ppm = ppm
-        self._renderer: Any = None
+        self._renderer: Any = renderer  # a CameraRenderer of this track, to share one
         xmin, ymin, xmax, ymax = self.track.bounds
-        self.floor = (xmin - FLOOR_MARGIN, ymin - FLOOR_MARGIN, xmax + FLOOR_MARGIN, ymax + FLOOR_MARGIN)
+        self.floor = (
+            xmin - FLOOR_MARGIN,
+            ymin - FLOOR_MARGIN,
+            xmax + FLOOR_MARGIN,
+            ymax + FLOOR_MARGIN,
+        )
         self.command: MotorCommand = STOP
         self.reset()
 
     # -- episode -------------------------------------------------------------------
 
     def reset(self, s: float = 0.0, offset: float = 0.0, heading_error: float = 0.0) -> None:
-        """Put the car at rest at arc length s, ``offset`` m left of the centre line,
-        turned ``heading_error`` rad from the track direction."""
+        """Start afresh: the car at rest at arc length s, ``offset`` m left of the centre
+        line, turned ``heading_error`` rad from the track direction; clock and progress zero."""
+        self.time = 0.0
+        self.travelled = 0.0
+        self.car.reset(0.0, 0.0, 0.0)  # this episode's trim and gains
+        self.place(s, offset, heading_error)
+
+    def place(self, s: float, offset: float = 0.0, heading_error: float = 0.0) -> None:
+        """Put the car down at rest (as a hand would) without resetting clock or progress."""
         x, y, h = self.track.point_at(s)
         x -= math.sin(h) * offset
         y += math.cos(h) * offset
-        self.car.reset(x, y, h + heading_error)
-        self.time = 0.0
-        self.travelled = 0.0
+        self.car.put(x, y, h + heading_error)
         self.command = STOP
         p = self.track.project(x, y)
         self._index, self.s, self.cte = p.index, p.s, p.cte
@@ -106,9 +117,17 @@ class World:
         fx0, fy0, fx1, fy1 = self.floor
         if not (fx0 <= st.x <= fx1 and fy0 <= st.y <= fy1):  # hit the wall round the floor
             self.car.set_state(
-                CarState(min(max(st.x, fx0), fx1), min(max(st.y, fy0), fy1), st.heading, 0.0,
-                         st.a0 if self.car.params.drivetrain == "steering" else 0.0, 0.0,
-                         st.trim, st.gain_left, st.gain_right)
+                CarState(
+                    min(max(st.x, fx0), fx1),
+                    min(max(st.y, fy0), fy1),
+                    st.heading,
+                    0.0,
+                    st.a0 if self.car.params.drivetrain == "steering" else 0.0,
+                    0.0,
+                    st.trim,
+                    st.gain_left,
+                    st.gain_right,
+                )
             )
             st = self.car.state
         self.time += dt
@@ -169,6 +188,11 @@ class World:
 
     def set_state(self, state: WorldState) -> None:
         self.car.set_state(state.car)
-        self.time, self.s, self._index, self.travelled = state.time, state.s, state.index, state.travelled
+        self.time, self.s, self._index, self.travelled = (
+            state.time,
+            state.s,
+            state.index,
+            state.travelled,
+        )
         p = self.track.project(state.car.x, state.car.y, state.index)
         self.cte, self.track_heading = p.cte, p.heading
