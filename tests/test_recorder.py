@@ -13,7 +13,7 @@ import pytest
 from recorder_helpers import N_ACTIONS, check_stored, meta_for, step_for
 
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION
-from malpi.recorder import EpisodeStore, Recorder, Step, StoreError
+from malpi.recorder import EpisodeMeta, EpisodeStore, Recorder, Step, StoreError
 from malpi.recorder import recorder as recorder_module
 from malpi.recorder import store as store_module
 
@@ -39,6 +39,7 @@ def test_rows_round_trip(db):
         ep2 = record_episode(rec, 5, with_policy=False)
     assert rec.error is None
     assert rec.stats.steps_written == 35 and rec.stats.steps_dropped == 0
+    assert rec.stats.commits <= 3  # written in batches, not a commit per step
 
     with EpisodeStore(db) as store:
         assert store.integrity_check() == "ok"
@@ -304,3 +305,16 @@ def test_recorder_does_not_import_heavy_libraries():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_new_directories_and_a_config_changed_after_the_start(tmp_path):
+    db = tmp_path / "state" / "malpi" / "episodes.sqlite"
+    config = {"loop": {"rate_hz": 20}}
+    with Recorder(db) as rec:
+        ep = rec.start_episode(
+            EpisodeMeta(action_table=DEFAULT_ACTIONS, config=config, policy_version="p")
+        )
+        config["loop"]["rate_hz"] = 99  # the daemon reconfigures after the episode started
+        rec.record(step_for(ep, 0))
+    with EpisodeStore(db) as store:
+        assert store.episode(ep).config == {"loop": {"rate_hz": 20}}

@@ -28,6 +28,7 @@ Typical use::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,7 @@ class Recorder:
         # check the file (errors surface now, not in the thread), close episodes a
         # dead recorder left running, and learn the next id so that start_episode
         # can return it without waiting for the writer.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with EpisodeStore(self.path, create=True) as store:
             self.recovered_episodes = store.recover_interrupted()
             self._next_id = store.next_episode_id()
@@ -222,6 +224,8 @@ class Recorder:
         """Begin a new episode and return its id. An episode still open is ended as 'aborted'."""
         if not isinstance(meta.action_table, ActionTable):
             raise TypeError("EpisodeMeta.action_table must be an ActionTable")
+        # Freeze the configuration now: the caller may change its dict after we return.
+        meta = replace(meta, config=json.loads(json.dumps(meta.config, default=str)))
         with self._lock:
             self._check_open()
             if self._episode is not None:
