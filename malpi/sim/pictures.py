@@ -155,19 +155,10 @@ def camera_strip(
         r, c = divmod(i, cols)
         big = cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
         if labels:
-            cv2.putText(
-                big, labels[i], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA
-            )
-            cv2.putText(
-                big,
-                labels[i],
-                (4, 14),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.4,
-                (255, 255, 255),
-                1,
-                cv2.LINE_AA,
-            )
+            size = 0.3 + 0.12 * scale  # readable at any enlargement
+            for colour, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # outlined text
+                cv2.putText(big, labels[i], (6, int(10 + 6 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                            size, colour, thick, cv2.LINE_AA)  # fmt: skip
         y, x = r * (h * scale + gap), c * (w * scale + gap)
         out[y : y + h * scale, x : x + w * scale] = big
     return out
