@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -276,6 +277,7 @@ def test_an_episode_left_running_is_marked_interrupted(db):
     rec._closed = True
     rec._mailbox.put(recorder_module._STOP)
     rec._thread.join(5)
+    os.close(rec._lock_fd)  # what the kernel does when the process dies
     with EpisodeStore(db) as store:
         assert store.episode(ep).running
         with pytest.raises(StoreError, match="still being recorded"):
@@ -318,3 +320,13 @@ def test_new_directories_and_a_config_changed_after_the_start(tmp_path):
         rec.record(step_for(ep, 0))
     with EpisodeStore(db) as store:
         assert store.episode(ep).config == {"loop": {"rate_hz": 20}}
+
+
+def test_one_recorder_per_file(db):
+    first = Recorder(db)
+    with pytest.raises(StoreError, match=f"already being recorded by another recorder \\(process {os.getpid()}\\)"):
+        Recorder(db)
+    with EpisodeStore(db, readonly=True) as store:  # readers are welcome
+        assert store.episodes() == []
+    first.close()
+    Recorder(db).close()

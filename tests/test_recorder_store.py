@@ -181,3 +181,16 @@ def test_a_damaged_database(db):
     with pytest.raises(StoreError, match="damaged"), EpisodeStore(db) as store:
         store.episodes()
         list(store.iter_steps(1))
+
+
+def test_read_only(db):
+    with EpisodeStore(db, readonly=True) as store:
+        assert [e.step_count for e in store.episodes()] == [6, 4, 5]
+        for s in store.iter_steps(1):
+            check_stored(s, 1, s.step, last=s.step == 5)
+        with pytest.raises(StoreError, match="readonly"):
+            store.delete_episode(1)
+    with EpisodeStore(db) as store:
+        assert store.count_steps(1) == 6
+    with pytest.raises(ValueError, match="cannot be created read-only"):
+        EpisodeStore(db, create=True, readonly=True)

@@ -61,7 +61,7 @@ class ReplayCamera(CaptureCamera):
         self.loop = loop
         # Check everything here, in the caller's thread, so a wrong path or id fails loudly.
         try:
-            with EpisodeStore(self.db_path) as store:
+            with EpisodeStore(self.db_path, readonly=True) as store:
                 self.info = store.episode(episode_id)
                 first = next(store.iter_steps(episode_id, decode=False), None)
         except StoreError as exc:
@@ -96,9 +96,9 @@ class ReplayCamera(CaptureCamera):
 
     def _rows(self) -> Iterator[tuple[float, bytes]]:
         if self._store is None:
-            self._store = EpisodeStore(self.db_path)
-        for row in self._store.raw_step_rows(self.episode_id):
-            yield row[7], row[10]  # capture_time, JPEG
+            self._store = EpisodeStore(self.db_path, readonly=True)
+        for step in self._store.iter_steps(self.episode_id, decode=False):
+            yield step.capture_time, step.jpeg
 
     def _grab(self) -> tuple[np.ndarray, float] | None:
         if self._frames is None:

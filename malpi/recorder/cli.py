@@ -52,10 +52,11 @@ def register(commands: Any, bench: Any) -> None:
     p.set_defaults(func=_export)
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, *, readonly: bool = True) -> Any:
     from malpi.recorder.store import EpisodeStore
 
-    return EpisodeStore(args.db)
+    # Read-only unless deleting: looking at the car's recordings never changes them.
+    return EpisodeStore(args.db, readonly=readonly)
 
 
 def _when(t: float | None) -> str:
@@ -172,7 +173,7 @@ def _frame_size(jpeg: bytes) -> str:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _open(args, readonly=False) as store:
         for episode_id in args.episodes:
             n = store.delete_episode(episode_id, force=args.force)
             print(f"deleted episode {episode_id} ({n} steps)")

@@ -12,6 +12,9 @@ slower than the loop), a new step is counted in ``stats.steps_dropped``,
 logged (rate-limited) and discarded, leaving a visible gap in the step
 indices. Episode starts and ends are never dropped.
 
+One recorder writes a file at a time (it holds a lock on ``<db>.lock``);
+any number of readers may read it meanwhile.
+
 If the writer fails (disk full, I/O error) it stops and the exception is in
 ``recorder.error``; ``record()`` then drops. The daemon polls ``error`` and
 decides what to do (stop the car, or drive on without recording).
@@ -28,6 +31,7 @@ Typical use::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -45,7 +49,7 @@ import numpy as np
 
 from malpi.actions import ActionTable
 from malpi.recorder.codec import DEFAULT_JPEG_QUALITY, check_frame, encode_jpeg, pack_probs
-from malpi.recorder.schema import END_OUTCOMES, SOURCES
+from malpi.recorder.schema import END_OUTCOMES, SOURCES, StoreError
 from malpi.recorder.store import EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -185,9 +189,14 @@ class Recorder:
         # dead recorder left running, and learn the next id so that start_episode
         # can return it without waiting for the writer.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with EpisodeStore(self.path, create=True) as store:
-            self.recovered_episodes = store.recover_interrupted()
-            self._next_id = store.next_episode_id()
+        self._lock_fd = _lock_for_writing(self.path)
+        try:
+            with EpisodeStore(self.path, create=True) as store:
+                self.recovered_episodes = store.recover_interrupted()
+                self._next_id = store.next_episode_id()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._mailbox = _Mailbox(queue_size)
         self._lock = threading.Lock()  # guards the episode state below, for callers on several threads
         self._episode: int | None = None
@@ -317,6 +326,8 @@ class Recorder:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("recorder writer did not finish within %.1f s", timeout)
+        else:
+            os.close(self._lock_fd)  # another recorder may open the file now
 
     def __enter__(self) -> Recorder:
         return self
@@ -411,6 +422,31 @@ class Recorder:
         elif isinstance(item, _End):
             store.end_episode(item.episode_id, item.outcome, item.ended_at, item.final_reward)
         return 0
+
+
+def _lock_for_writing(path: Path) -> int:
+    """Hold an exclusive lock on ``<db>.lock`` while this recorder lives.
+
+    One writer per file: a second recorder would take the same episode ids and
+    mark the first one's episode as interrupted. The kernel drops the lock when
+    the process dies, however it dies, so a crash never leaves it stale.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"{path} is already being recorded by another recorder (process {holder})"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _own(step: Step) -> Step:

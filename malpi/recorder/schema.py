@@ -90,24 +90,30 @@ class SchemaVersionError(StoreError):
     """The file is a MaLPi store of a schema version this code does not know."""
 
 
-def connect(path: str | os.PathLike[str], *, create: bool = False) -> sqlite3.Connection:
+def connect(
+    path: str | os.PathLike[str], *, create: bool = False, readonly: bool = False
+) -> sqlite3.Connection:
     """Open (and with ``create``, initialise) an episode database; check what it is.
 
-    The connection is in autocommit mode: callers open transactions explicitly.
+    ``readonly`` opens it without write access (a file on a read-only mount or
+    owned by another user). The connection is in autocommit mode: callers open
+    transactions explicitly.
     """
+    if create and readonly:
+        raise ValueError("an episode database cannot be created read-only")
     p = Path(path)
     if p.is_dir():
         raise NotAMalpiDatabase(f"{p} is a directory, not an episode database")
     if not create and not p.exists():
         raise NotAMalpiDatabase(f"{p}: no such episode database")
-    mode = "rwc" if create else "rw"
+    mode = "rwc" if create else "ro" if readonly else "rw"
     uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode={mode}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
     except sqlite3.Error as exc:
         raise NotAMalpiDatabase(f"{p}: cannot open: {exc}") from exc
     try:
-        _check_and_init(conn, p, create)
+        _check_and_init(conn, p, create, readonly)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
     except BaseException:
@@ -116,7 +122,9 @@ def connect(path: str | os.PathLike[str], *, create: bool = False) -> sqlite3.Co
     return conn
 
 
-def _check_and_init(conn: sqlite3.Connection, p: Path, create: bool) -> None:
+def _check_and_init(
+    conn: sqlite3.Connection, p: Path, create: bool, readonly: bool = False
+) -> None:
     try:
         # The first read of the header: "file is not a database" shows up here.
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -143,7 +151,7 @@ def _check_and_init(conn: sqlite3.Connection, p: Path, create: bool) -> None:
         )
     if version != SCHEMA_VERSION:
         raise SchemaVersionError(f"{p} has unknown episode schema version {version}")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+    if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         _set_wal(conn, p)
 
 

@@ -173,11 +173,16 @@ def _db_errors(path: Path) -> Iterator[None]:
 
 
 class EpisodeStore:
-    """An open episode database. One per thread (SQLite connections are per thread)."""
+    """An open episode database. One per thread (SQLite connections are per thread).
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False):
+    ``create`` initialises a new file; ``readonly`` never writes (reading only).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = False, readonly: bool = False
+    ):
         self.path = Path(path)
-        self._conn = connect(self.path, create=create)
+        self._conn = connect(self.path, create=create, readonly=readonly)
 
     # -- context, housekeeping -------------------------------------------------
 
