@@ -14,6 +14,7 @@ import sys
 AREAS = [
     "malpi.policy.cli",
     "malpi.recorder.cli",
+    "malpi.sim.cli",
 ]
 
 
