@@ -93,9 +93,13 @@ def test_outcomes_and_final_reward(db):
         assert rec.episode_id is None
         ep3 = record_episode(rec, 3)
         rec.end_episode("failed", final_reward=-1.0)
+        assert rec.flush()
+        with EpisodeStore(db) as store:
+            ended_before = store.episode(ep1).ended_at
         rec.set_outcome(ep1, "finished", final_reward=2.5)  # an earlier episode, after the fact
     with EpisodeStore(db) as store:
         e1, e2, e3 = store.episodes()
+        assert e1.ended_at == ended_before  # when it ended, not when it was judged
         assert (e1.outcome, e1.final_reward) == ("finished", 2.5)
         assert (e2.outcome, e2.final_reward, e2.terminated) == ("failed", -10.0, True)
         assert (e3.outcome, e3.final_reward) == ("failed", -1.0)

@@ -110,6 +110,7 @@ class _End:
     outcome: str
     ended_at: float
     final_reward: float | None
+    after_the_fact: bool = False  # an earlier episode: keep its recorded end time
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ class Recorder:
             if episode_id == self._episode:
                 self._end_locked(outcome, final_reward)
             else:
-                self._mailbox.put(_End(episode_id, outcome, time.time(), final_reward))
+                self._mailbox.put(_End(episode_id, outcome, time.time(), final_reward, True))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed; False on time-out or writer error.
@@ -420,7 +421,12 @@ class Recorder:
                 m.action_table, m.policy_version, m.notes,
             )  # fmt: skip
         elif isinstance(item, _End):
-            store.end_episode(item.episode_id, item.outcome, item.ended_at, item.final_reward)
+            found = store.end_episode(
+                item.episode_id, item.outcome, item.ended_at, item.final_reward,
+                keep_end_time=item.after_the_fact,
+            )  # fmt: skip
+            if not found:
+                log.warning("set_outcome: there is no episode %d", item.episode_id)
         return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -322,6 +323,8 @@ class EpisodeStore:
         use ``Recorder.end_episode`` for the episode being recorded.
         """
         _check_outcome(outcome)
+        if final_reward is not None and not math.isfinite(final_reward):
+            raise ValueError(f"final_reward must be finite, not {final_reward}")
         with _db_errors(self.path), self._transaction():
             info = self.episode(episode_id)
             if info.running and not force:
@@ -420,13 +423,14 @@ class EpisodeStore:
         final_reward: float | None = None,
         *,
         keep_end_time: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Set an episode's outcome; False if there is no such episode."""
         end = "coalesce(ended_at, ?)" if keep_end_time else "?"
-        self._conn.execute(
+        return self._conn.execute(
             f"UPDATE episodes SET outcome = ?, ended_at = {end}, "
             "final_reward = coalesce(?, final_reward) WHERE id = ?",
             (outcome, ended_at, final_reward, episode_id),
-        )
+        ).rowcount > 0
 
     def recover_interrupted(self) -> list[int]:
         """Mark episodes left 'running' by a dead recorder as 'interrupted'. Call only when
