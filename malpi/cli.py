@@ -15,6 +15,7 @@ AREAS = [
     "malpi.policy.cli",
     "malpi.recorder.cli",
     "malpi.sim.cli",
+    "malpi.daemon.cli",
 ]
 
 

@@ -73,6 +73,11 @@ class Camera(ABC):
     def close(self) -> None:
         """Stop capturing and release the device; safe to call more than once."""
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the camera stopped delivering frames, if it failed (a backend with a thread sets it)."""
+        return None
+
     def __enter__(self) -> Camera:
         self.start()
         return self

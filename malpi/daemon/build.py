@@ -1,0 +1,257 @@
+"""Build the daemon's parts from a validated configuration.
+
+The order matters for safety: the configuration is validated before this
+module is called, the policy bundle is loaded and checked before any GPIO
+pin is claimed, and every part built so far is closed if a later one fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from malpi.actions import ActionTable
+from malpi.camera.base import Camera
+from malpi.config import Config
+from malpi.daemon.loop import ControlLoop, LoopSettings
+from malpi.daemon.notify import Notifier
+from malpi.daemon.telemetry import Telemetry
+from malpi.drivetrain.base import Drivetrain
+from malpi.policy.bundle import PolicyBundle
+from malpi.policy.runtime import StepPolicy
+from malpi.recorder.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = "default.malpi"  # shipped in malpi/data/ when trained (see the trainer)
+
+
+@dataclass
+class Robot:
+    """Everything the daemon runs, and how to close it all."""
+
+    config: Config
+    loop: ControlLoop
+    camera: Camera
+    drivetrain: Drivetrain
+    recorder: Recorder | None
+    telemetry: Telemetry
+    sim_world: Any = None  # the RealTimeWorld when running on the simulator
+    _closers: list = field(default_factory=list)
+
+    def close(self) -> None:
+        self.drivetrain.stop()
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r failed", close)
+        self._closers.clear()
+
+
+def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
+    """The configured bundle, else the installed default, else a fresh one (needs TensorFlow).
+
+    Returns (bundle or None, where it came from). A configured path that fails
+    validation is an error: the daemon must not silently drive another policy.
+    """
+    expect = {
+        "expected_actions": config.action_table,
+        "expected_image": (config.camera.height, config.camera.width),
+    }
+    if config.policy.path:
+        path = Path(config.policy.path).expanduser()
+        return PolicyBundle.load(path, **expect), str(path)
+    shipped = resources.files("malpi") / "data" / DEFAULT_POLICY
+    if shipped.is_file():
+        try:
+            return PolicyBundle.from_bytes(
+                shipped.read_bytes(), **expect
+            ), "installed default policy"
+        except ValueError as exc:
+            log.warning("the installed default policy does not fit this configuration: %s", exc)
+    try:
+        from malpi.policy.export import make_bundle
+        from malpi.policy.model import build_policy
+        from malpi.policy.spec import DEFAULT_SPEC, PolicySpec
+    except ImportError:
+        return None, "none (no policy configured and TensorFlow is not installed to make one)"
+    spec = PolicySpec.from_dict(
+        {
+            **DEFAULT_SPEC.to_dict(),
+            "image_height": config.camera.height,
+            "image_width": config.camera.width,
+            "num_actions": len(config.action_table),
+        }
+    )
+    bundle = make_bundle(
+        build_policy(spec, seed=0),
+        config.action_table,
+        provenance={"made_by": "malpi drive (fresh, untrained)"},
+    )
+    return bundle, "fresh untrained policy"
+
+
+def build_camera(config: Config, sim_world: Any = None) -> Camera:
+    cam = config.camera
+    common: dict[str, Any] = {
+        "height": cam.height,
+        "width": cam.width,
+        "hflip": cam.hflip,
+        "vflip": cam.vflip,
+        "crop": tuple(cam.crop) if cam.crop else None,
+    }
+    if cam.backend == "sim":
+        from malpi.camera.sim import SimCamera
+
+        return SimCamera(sim_world, fps=cam.fps)
+    if cam.backend == "picamera2":
+        from malpi.camera.picamera import Picamera2Camera
+
+        p = cam.picamera2
+        return Picamera2Camera(
+            p.camera_num,
+            capture_width=p.capture_width,
+            capture_height=p.capture_height,
+            fps=cam.fps,
+            **common,
+        )
+    if cam.backend == "opencv":
+        from malpi.camera.opencv import OpenCVCamera
+
+        o = cam.opencv
+        return OpenCVCamera(
+            o.source,
+            capture_width=o.capture_width or None,
+            capture_height=o.capture_height or None,
+            fps=cam.fps,
+            loop=o.loop,
+            **common,
+        )
+    from malpi.camera.replay import ReplayCamera
+
+    r = cam.replay
+    return ReplayCamera(Path(r.db).expanduser(), r.episode, fps=cam.fps, loop=r.loop, **common)
+
+
+def build_drivetrain(config: Config, sim_world: Any = None, pin_factory: Any = None) -> Drivetrain:
+    dt = config.drivetrain
+    if dt.backend == "sim":
+        from malpi.drivetrain.sim import SimDrivetrain
+
+        return SimDrivetrain(sim_world)
+    if dt.backend == "differential":
+        from malpi.drivetrain.gpio import DifferentialDrive
+
+        d = dt.differential
+        pin = lambda n: None if n < 0 else n  # noqa: E731 - -1 means "not wired"
+        pins = {
+            "left_forward": pin(d.left_forward),
+            "left_backward": pin(d.left_backward),
+            "right_forward": pin(d.right_forward),
+            "right_backward": pin(d.right_backward),
+        }
+        if d.driver == "phase_enable":
+            pins = {"left_phase": pin(d.left_phase), "right_phase": pin(d.right_phase)}
+        return DifferentialDrive(
+            driver=d.driver,
+            **pins,
+            left_enable=pin(d.left_enable),
+            right_enable=pin(d.right_enable),
+            left_inverted=d.left_inverted,
+            right_inverted=d.right_inverted,
+            max_speed=d.max_speed,
+            min_speed=d.min_speed,
+            steering_trim=d.steering_trim,
+            pwm_frequency=d.pwm_frequency or None,
+            pin_factory=pin_factory,
+        )
+    from malpi.drivetrain.servo import ServoDrive
+
+    s = dt.servo
+    return ServoDrive(
+        steering_pin=s.steering_pin,
+        throttle_pin=s.throttle_pin,
+        steering_min_us=s.steering_min_us,
+        steering_center_us=s.steering_center_us,
+        steering_max_us=s.steering_max_us,
+        steering_reversed=s.steering_reversed,
+        throttle_min_us=s.throttle_min_us,
+        throttle_neutral_us=s.throttle_neutral_us,
+        throttle_max_us=s.throttle_max_us,
+        throttle_reversed=s.throttle_reversed,
+        max_speed=s.max_speed,
+        pin_factory=pin_factory,
+    )
+
+
+def build_sim_world(config: Config) -> Any:
+    from malpi.sim.car import CarParams
+    from malpi.sim.realtime import RealTimeWorld
+    from malpi.sim.render import CameraSpec
+
+    car = CarParams(drivetrain=config.sim.car, noise=config.sim.noise)
+    camera = CameraSpec(height=config.camera.height, width=config.camera.width)
+    return RealTimeWorld(
+        track_seed=config.sim.track_seed, car=car, camera=camera, physics_hz=config.sim.physics_hz
+    )
+
+
+def build_robot(config: Config, pin_factory: Any = None, notifier: Notifier | None = None) -> Robot:
+    """Build every part; on any failure close what was built and re-raise."""
+    closers: list = []
+    try:
+        bundle, source = load_policy_bundle(config)
+        policy = None
+        if bundle is not None:
+            policy = StepPolicy(
+                bundle,
+                backend=config.policy.backend,
+                sample=config.policy.sample,
+                num_threads=config.policy.num_threads,
+            )
+            log.info("policy %s (%s, %s)", bundle.label, source, config.policy.backend)
+        else:
+            log.warning("no policy: %s; auto mode will not drive", source)
+        uses_sim = "sim" in (config.camera.backend, config.drivetrain.backend)
+        sim_world = build_sim_world(config) if uses_sim else None
+        # Motors first, so that anything failing later finds them built and stopped.
+        drivetrain = build_drivetrain(config, sim_world, pin_factory)
+        closers.append(drivetrain.close)
+        camera = build_camera(config, sim_world)
+        camera.start()
+        closers.append(camera.close)
+        recorder = None
+        if config.recording.path:
+            path = Path(config.recording.path).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recorder = Recorder(path)
+            closers.append(recorder.close)
+        telemetry = Telemetry()
+        loop = ControlLoop(
+            camera,
+            drivetrain,
+            ActionTable.from_list(config.actions),
+            LoopSettings(
+                rate_hz=config.loop.rate_hz,
+                max_frame_age=config.safety.max_frame_age_ms / 1000,
+                deadman=config.safety.deadman_ms / 1000,
+                max_overruns=config.safety.max_overruns,
+            ),
+            policy=policy,
+            recorder=recorder,
+            telemetry=telemetry,
+            notifier=notifier,
+            record=config.recording.enabled,
+            config=config.to_dict(),
+        )
+        return Robot(config, loop, camera, drivetrain, recorder, telemetry, sim_world, closers)
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        raise

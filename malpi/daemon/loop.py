@@ -1,0 +1,513 @@
+"""The control loop: newest frame -> policy step -> drivetrain -> recorder and telemetry, at a fixed rate.
+
+Everything that changes the loop's state runs on the loop's own thread: the
+link (or a test) calls the thread-safe methods below, which queue a command
+that the loop applies at the start of its next period. Only ``drive()``
+writes a slot directly, so the deadman sees the operator's latest command.
+
+Safety (see :mod:`malpi.daemon.safety`): the motors are stopped, and an event
+says why, on a stale frame, a policy error or non-finite output, a lost
+operator in manual mode, SIGTERM/SIGINT, an exception in any thread, and a
+loop that keeps overrunning its period. Boot mode is ``paused``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from malpi.actions import NO_ACTION, ActionTable
+from malpi.camera.base import Camera
+from malpi.daemon.notify import Notifier
+from malpi.daemon.safety import Faults
+from malpi.daemon.telemetry import Telemetry
+from malpi.drivetrain.base import Drivetrain
+from malpi.policy.runtime import StepPolicy
+from malpi.recorder.recorder import EpisodeMeta, Recorder, Step
+
+log = logging.getLogger(__name__)
+
+
+class Mode(enum.StrEnum):
+    PAUSED = "paused"  # motors stopped; the boot mode
+    MANUAL = "manual"  # the operator drives; recorded as demonstration
+    AUTO = "auto"  # the policy drives; an operator command overrides it (an intervention)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    rate_hz: float = 20.0
+    max_frame_age: float = 0.25  # s: an older newest frame is stale
+    deadman: float = 0.3  # s: manual mode stops without a drive command this recent
+    max_overruns: int = 5  # consecutive overrun periods before the loop stops the car
+    status_interval: float = 1.0  # s between status messages
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass
+class LoopStats:
+    periods: int = 0
+    missed_periods: int = 0
+    overrun_streak: int = 0
+    rate_hz: float = 0.0  # measured over the last status interval
+    last_stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+class DaemonStopped(RuntimeError):
+    """A command sent to a loop that is no longer running."""
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        camera: Camera,
+        drivetrain: Drivetrain,
+        actions: ActionTable,
+        settings: LoopSettings | None = None,
+        policy: StepPolicy | None = None,
+        recorder: Recorder | None = None,
+        telemetry: Telemetry | None = None,
+        notifier: Notifier | None = None,
+        record: bool = True,
+        config: dict[str, Any] | None = None,
+    ):
+        self.camera = camera
+        self.drivetrain = drivetrain
+        self.actions = actions
+        self.settings = settings or LoopSettings()
+        self.policy = policy
+        self.recorder = recorder
+        self.telemetry = telemetry or Telemetry()
+        self.notifier = notifier or Notifier({})
+        self.config = config or {}
+        self.mode = Mode.PAUSED
+        self.faults = Faults()
+        self.stats = LoopStats()
+        self.recording = bool(record and recorder is not None)
+        self.episode = 0
+        self.step_index = 0
+        self.prev_action = NO_ACTION
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self._manual: tuple[int | None, int, float] | None = (
+            None  # (action or None=stop, seq, monotonic)
+        )
+        self._manual_lock = threading.Lock()
+        self._thread_errors: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._running = False
+        self._last_status = 0.0
+        self._last_watchdog = 0.0
+        self._rate_mark = (0.0, 0)
+
+    # -- the interface for the link (any thread) -----------------------------------
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the loop thread between two periods; the future holds its result."""
+        future: Future = Future()
+        if self._stop.is_set():
+            future.set_exception(DaemonStopped("the control loop is stopping"))
+        else:
+            self._commands.put((fn, future))
+        return future
+
+    def set_mode(self, mode: str) -> Future:
+        """Choose a mode; choosing one also re-arms after a latched fault."""
+        return self.submit(lambda: self._set_mode(Mode(mode)))
+
+    def reset_episode(self) -> Future:
+        return self.submit(lambda: self._new_episode("finished", reason="reset requested"))
+
+    def set_recording(self, on: bool) -> Future:
+        return self.submit(lambda: self._set_recording(on))
+
+    def swap_policy(self, policy: StepPolicy) -> Future:
+        """Swap in an already-built policy between two periods; a new episode starts."""
+        return self.submit(lambda: self._swap_policy(policy))
+
+    def drive(self, action: int | None, seq: int) -> dict[str, Any]:
+        """An operator command: an action index, or None to stop. Feeds the deadman."""
+        if action is not None and not 0 <= action < len(self.actions):
+            raise ValueError(f"action {action} is outside the table of {len(self.actions)}")
+        with self._manual_lock:
+            if self._manual is not None and seq <= self._manual[1]:
+                return {
+                    "accepted": False,
+                    "reason": f"stale sequence number {seq}",
+                    "mode": str(self.mode),
+                }
+            self._manual = (action, seq, time.monotonic())
+        return {"accepted": True, "mode": str(self.mode)}
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the motors now and end the loop after this period (signal-handler safe)."""
+        self.drivetrain.stop()
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mode": str(self.mode),
+            "episode": self.episode,
+            "step": self.step_index,
+            "recording": self.recording,
+            "policy_version": self.policy.version if self.policy else None,
+            "rate_hz": round(self.stats.rate_hz, 2),
+            "periods": self.stats.periods,
+            "missed_periods": self.stats.missed_periods,
+            "faults": self.faults.snapshot(),
+        }
+
+    # -- running ------------------------------------------------------------------
+
+    def run(self, install_signal_handlers: bool = True, max_periods: int | None = None) -> int:
+        """Run until stopped; returns 0 after a clean stop. Re-raises a crash after stopping the motors."""
+        period = self.settings.period
+        old_handlers = self._install_signals() if install_signal_handlers else {}
+        old_hook = threading.excepthook
+        threading.excepthook = self._thread_excepthook
+        self._running = True
+        self.drivetrain.stop()
+        self._new_episode(None, reason="boot")
+        self.notifier.ready(f"paused, policy {self.policy.version if self.policy else 'none'}")
+        self.telemetry.event(
+            "started", f"control loop at {self.settings.rate_hz:g} Hz, mode paused"
+        )
+        next_tick = time.monotonic()
+        self._rate_mark = (next_tick, 0)
+        try:
+            while not self._stop.is_set():
+                self._period()
+                self.stats.periods += 1
+                if max_periods is not None and self.stats.periods >= max_periods:
+                    break
+                next_tick += period
+                now = time.monotonic()
+                if now > next_tick:
+                    self._overran(now, next_tick, period)
+                    next_tick = now  # re-synchronise rather than burst to catch up
+                else:
+                    self.stats.overrun_streak = 0
+                    self._feed_watchdog(now)
+                    time.sleep(next_tick - now)
+            return 0
+        except BaseException as exc:
+            self.drivetrain.stop()
+            self.telemetry.event(
+                "crash", f"control loop crashed: {exc!r}; motors stopped", logging.ERROR
+            )
+            self._stop_reason = self._stop_reason or f"crash: {exc!r}"
+            raise
+        finally:
+            self._shutdown()
+            threading.excepthook = old_hook
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _period(self) -> None:
+        """One control period. The order of the steps is the contract."""
+        t0 = time.monotonic()
+        self._run_commands()
+        self._check_threads()
+
+        # 1. The newest frame, and whether it is fresh enough to act on.
+        frame = self.camera.latest()
+        t_frame = time.monotonic()
+        age = t_frame - frame.timestamp if frame is not None else math.inf
+        if age > self.settings.max_frame_age:
+            self._fault(
+                "stale_frame",
+                "no frame yet" if frame is None else f"newest frame is {age * 1000:.0f} ms old",
+            )
+        else:
+            self._clear("stale_frame")
+        t_pre = time.monotonic()
+
+        # 2. The operator: a fresh drive command (manual driving, or an intervention in auto).
+        operator = self._fresh_operator_command(t_pre)
+        if self.mode is Mode.MANUAL and operator is None:
+            self._fault("deadman", f"no drive command for {self.settings.deadman * 1000:.0f} ms")
+        else:
+            self._clear("deadman")
+
+        # 3. The policy sees every frame it is given while driving, so its state follows the episode.
+        result = None
+        if (
+            self.mode is not Mode.PAUSED
+            and self.policy is not None
+            and "stale_frame" not in self.faults.snapshot()
+        ):
+            try:
+                result = self.policy.step(frame.image, self.prev_action)
+            except Exception as exc:
+                self._latch("policy_error", f"policy step failed: {exc}")
+        t_inf = time.monotonic()
+
+        # 4. Decide: nothing moves while any fault is active or the loop is paused.
+        action, source = None, None
+        if not self.faults.any:
+            if operator is not None and operator[0] is not None and self.mode is not Mode.PAUSED:
+                action, source = (
+                    operator[0],
+                    "human" if self.mode is Mode.MANUAL else "intervention",
+                )
+            elif self.mode is Mode.AUTO and operator is None and result is not None:
+                action, source = result.action, "policy"
+
+        # 5. Actuate.
+        if action is None:
+            self.drivetrain.stop()
+        else:
+            self.drivetrain.apply(self.actions.command(action))
+        t_act = time.monotonic()
+
+        # 6. Record (a hand-off to the writer thread; never blocks).
+        if action is not None:
+            if self.recording:
+                self.recorder.record(
+                    Step(
+                        frame.image,
+                        action,
+                        source,
+                        frame.timestamp,
+                        t_act,
+                        probs=None if result is None else result.probs,
+                        value=None if result is None else result.value,
+                        policy_version=self.policy.version if self.policy else None,
+                    )
+                )
+            self.prev_action = action
+        t_rec = time.monotonic()
+
+        # 7. Telemetry.
+        stages = {
+            "capture_wait": (t_frame - t0) * 1000,
+            "preprocess": (t_pre - t_frame) * 1000,
+            "inference": (t_inf - t_pre) * 1000,
+            "actuation": (t_act - t_inf) * 1000,
+            "record": (t_rec - t_act) * 1000,
+        }
+        if frame is not None:
+            stages["frame_to_motor"] = (t_act - frame.timestamp) * 1000
+        self.telemetry.publish(
+            "step",
+            {
+                "t": time.time(),
+                "episode": self.episode,
+                "step": self.step_index,
+                "mode": str(self.mode),
+                "action": action,
+                "source": source,
+                "probs": None if result is None else [round(float(p), 4) for p in result.probs],
+                "value": None if result is None else result.value,
+                "faults": sorted(self.faults.snapshot()),
+                "latency_ms": stages,
+            },
+        )
+        stages["publish"] = (time.monotonic() - t_rec) * 1000
+        self.stats.last_stages_ms = stages
+        if action is not None:
+            self.step_index += 1
+        self._maybe_status(t0)
+
+    # -- pieces of a period ------------------------------------------------------
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+    def _check_threads(self) -> None:
+        while True:
+            try:
+                self._latch("thread_crash", self._thread_errors.get_nowait())
+            except queue.Empty:
+                break
+        cam_error = self.camera.error
+        if cam_error is not None:
+            self._latch("thread_crash", f"camera failed: {cam_error!r}")
+        if self.recorder is not None and self.recorder.error is not None:
+            self._latch("thread_crash", f"recorder failed: {self.recorder.error!r}")
+
+    def _fresh_operator_command(self, now: float) -> tuple[int | None] | None:
+        manual = self._manual
+        if manual is None or now - manual[2] > self.settings.deadman:
+            return None
+        return (manual[0],)
+
+    def _fault(self, name: str, reason: str) -> None:
+        if self.faults.raise_(name, reason):
+            self.drivetrain.stop()
+            if self.mode is not Mode.PAUSED:
+                self.telemetry.event("safety_stop", reason, logging.WARNING, fault=name)
+
+    def _clear(self, name: str) -> None:
+        if self.faults.clear(name) and self.mode is not Mode.PAUSED:
+            self.telemetry.event("fault_cleared", f"{name} cleared", fault=name)
+
+    def _latch(self, name: str, reason: str) -> None:
+        self.drivetrain.stop()
+        if self.faults.raise_(name, reason):
+            self.telemetry.event(
+                "safety_stop",
+                f"{reason}; paused until an operator re-arms",
+                logging.ERROR,
+                fault=name,
+            )
+            if self.mode is not Mode.PAUSED:
+                self.mode = Mode.PAUSED
+                self._new_episode("aborted", reason=name)
+
+    def _overran(self, now: float, deadline: float, period: float) -> None:
+        self.stats.overrun_streak += 1
+        self.stats.missed_periods += int((now - deadline) // period) + 1
+        if self.stats.overrun_streak >= self.settings.max_overruns:
+            self._latch(
+                "overrun",
+                f"loop overran its {period * 1000:.0f} ms period "
+                f"{self.stats.overrun_streak} times in a row",
+            )
+
+    def _feed_watchdog(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval and now - self._last_watchdog >= interval / 3:
+            self.notifier.watchdog()
+            self._last_watchdog = now
+
+    def _maybe_status(self, now: float) -> None:
+        if now - self._last_status < self.settings.status_interval:
+            return
+        mark_t, mark_n = self._rate_mark
+        if now > mark_t:
+            self.stats.rate_hz = (self.stats.periods - mark_n) / (now - mark_t)
+        self._rate_mark = (now, self.stats.periods)
+        self._last_status = now
+        status = self.status()
+        if self.recorder is not None:
+            s = self.recorder.stats
+            status["recorder"] = {
+                "written": s.steps_written,
+                "dropped": s.steps_dropped,
+                "queue": s.queue_depth,
+            }
+        self.telemetry.publish("status", {"t": time.time(), **status})
+        faults = ",".join(status["faults"]) or "ok"
+        self.notifier.status(
+            f"{status['mode']} ep {self.episode} {status['rate_hz']} Hz faults: {faults}"
+        )
+
+    # -- commands (on the loop thread) --------------------------------------------
+
+    def _set_mode(self, mode: Mode) -> dict[str, Any]:
+        rearmed = self.faults.rearm()
+        old, self.mode = self.mode, mode
+        if mode is Mode.PAUSED:
+            self.drivetrain.stop()
+        if old is not mode or rearmed:
+            msg = f"mode {old} -> {mode}" + (
+                f", re-armed after {', '.join(rearmed)}" if rearmed else ""
+            )
+            self.telemetry.event("mode", msg, mode=str(mode), previous=str(old), rearmed=rearmed)
+        return {"mode": str(mode), "previous": str(old), "rearmed": rearmed}
+
+    def _set_recording(self, on: bool) -> dict[str, Any]:
+        if on and self.recorder is None:
+            raise RuntimeError("recording is not configured (no recording path)")
+        if on != self.recording:
+            self.recording = on
+            # A recorded episode always starts from a reset state, as training will replay it.
+            self._new_episode("finished", reason="recording " + ("started" if on else "stopped"))
+        return {"recording": self.recording, "episode": self.episode}
+
+    def _swap_policy(self, policy: StepPolicy) -> dict[str, Any]:
+        old = self.policy.version if self.policy else None
+        self.policy = policy
+        self.telemetry.event(
+            "policy_loaded",
+            f"policy {old} -> {policy.version}",
+            version=policy.version,
+            previous=old,
+        )
+        self._new_episode("finished", reason="policy swapped")
+        return {"version": policy.version, "previous": old, "episode": self.episode}
+
+    def _new_episode(self, end_outcome: str | None, reason: str) -> dict[str, Any]:
+        if self.recorder is not None and end_outcome is not None:
+            self.recorder.end_episode(end_outcome)
+        if self.policy is not None:
+            self.policy.reset()
+        self.prev_action = NO_ACTION
+        self.step_index = 0
+        self.episode += 1
+        if self.recording and self.recorder is not None:
+            self.recorder.start_episode(
+                EpisodeMeta(
+                    self.actions,
+                    config=self.config,
+                    policy_version=self.policy.version if self.policy else None,
+                    notes=reason,
+                )
+            )
+        if reason != "boot":
+            self.telemetry.event(
+                "episode_reset", f"episode {self.episode} ({reason})", episode=self.episode
+            )
+        return {"episode": self.episode}
+
+    # -- process-level plumbing -----------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any]:
+        old = {}
+        if threading.current_thread() is not threading.main_thread():
+            return old
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, lambda s, _f: self.request_stop(signal.Signals(s).name))
+        return old
+
+    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread else "?"
+        self.drivetrain.stop()
+        self._thread_errors.put(
+            f"thread {name} crashed: {args.exc_type.__name__}: {args.exc_value}"
+        )
+        log.error(
+            "thread %s crashed", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+
+    def _shutdown(self) -> None:
+        self.drivetrain.stop()
+        reason = self._stop_reason or "stopped"
+        self.notifier.stopping(f"stopping: {reason}")
+        self.telemetry.event(
+            "stopped", f"control loop stopped ({reason}); motors stopped", reason=reason
+        )
+        self._stop.set()
+        self._running = False
+        if self.recorder is not None:
+            self.recorder.end_episode("finished" if not reason.startswith("crash") else "aborted")
+        while True:  # fail what is still queued rather than leave callers waiting
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if future.set_running_or_notify_cancel():
+                future.set_exception(DaemonStopped("the control loop stopped"))
