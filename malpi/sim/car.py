@@ -146,18 +146,36 @@ class Car:
         else:
             left, right = c.mixed()
             tl, tr = left * vmax * st.gain_left, right * vmax * st.gain_right
+        steering = p.drivetrain == "steering"
+        max_steer = math.radians(p.max_steer_deg)
+        turn = p.turn_efficiency / p.wheel_separation
+        # the loop is the hot path of the whole simulator: plain floats, no calls
         for _ in range(subs):
-            if p.drivetrain == "steering":
+            if steering:
                 a0 += (c.steering - a0) * ks
                 v += (target_v - v) * km
+                v = -vmax if v < -vmax else vmax if v > vmax else v  # the speed limit
                 a1 = v
+                sa = a0 + st.trim
+                sa = -1.0 if sa < -1.0 else 1.0 if sa > 1.0 else sa
+                w = -v * math.tan(sa * max_steer) / p.wheelbase
             else:
                 a0 += (tl - a0) * km
                 a1 += (tr - a1) * km
                 v = (a0 + a1) / 2
-            v = max(-vmax, min(vmax, v))  # the speed limit
-            w = self._yaw_rate(a0, a1, v, st.trim) * speed_k + yaw_d
-            x, y, h = _arc(x, y, h, v * speed_k, w, h_dt)
+                v = -vmax if v < -vmax else vmax if v > vmax else v
+                w = (a1 - a0) * turn
+            w = w * speed_k + yaw_d
+            vv = v * speed_k
+            if -1e-9 < w < 1e-9:
+                x += vv * math.cos(h) * h_dt
+                y += vv * math.sin(h) * h_dt
+            else:  # exact arc at constant speed and yaw rate
+                h1 = h + w * h_dt
+                r = vv / w
+                x += r * (math.sin(h1) - math.sin(h))
+                y -= r * (math.cos(h1) - math.cos(h))
+                h = h1
         h = math.remainder(h, math.tau)
         self.state = CarState(x, y, h, v, a0, a1, st.trim, st.gain_left, st.gain_right)
         return self.state
@@ -183,12 +201,3 @@ class Car:
         a1 = st.a1 + (right * p.max_speed - st.a1) * k
         v = (a0 + a1) / 2
         return (a1 - a0) / p.wheel_separation * p.turn_efficiency / max(v, 0.05)
-
-
-def _arc(x: float, y: float, h: float, v: float, w: float, dt: float) -> tuple[float, float, float]:
-    """Exact motion at constant speed v and yaw rate w for dt."""
-    if abs(w) < 1e-9:
-        return x + v * math.cos(h) * dt, y + v * math.sin(h) * dt, h
-    h1 = h + w * dt
-    r = v / w
-    return x + r * (math.sin(h1) - math.sin(h)), y - r * (math.cos(h1) - math.cos(h)), h1

@@ -65,6 +65,13 @@ class Track:
         self.normal = np.stack([-self.tangent[:, 1], self.tangent[:, 0]], axis=1)  # points left
         dh = np.angle(np.exp(1j * (np.roll(self.heading, -1) - np.roll(self.heading, 1))))
         self.curvature = dh / (self.seg_len + np.roll(self.seg_len, 1))
+        # plain-float copies and a wrapped copy for the per-step queries (numpy scalar
+        # indexing is slow in a Python loop)
+        self._xy = pts.tolist()
+        self._s = self.s.tolist()
+        self._seg = self.seg_len.tolist()
+        self._pad = 60
+        self._wrapped = np.concatenate([pts[-self._pad :], pts, pts[: self._pad]])
         self.left_edge = pts + self.normal * self.half_width
         self.right_edge = pts - self.normal * self.half_width
         edges = np.concatenate([self.left_edge, self.right_edge])
@@ -86,19 +93,19 @@ class Track:
         dh = math.remainder(self.heading[j] - self.heading[i], math.tau)
         return float(x), float(y), float(self.heading[i] + f * dh)
 
-    def nearest_index(self, x: float, y: float, hint: int | None = None, window: int = 60) -> int:
+    def nearest_index(self, x: float, y: float, hint: int | None = None) -> int:
         """Index of the nearest centre-line sample; with a hint, only within +-window samples.
 
         The windowed search is both faster and right where the track passes near
         itself: the car cannot jump to the other branch between two steps.
         """
-        if hint is None or 2 * window + 1 >= self.n:
+        w = self._pad
+        if hint is None or 2 * w + 1 >= self.n:
             d = (self.points[:, 0] - x) ** 2 + (self.points[:, 1] - y) ** 2
             return int(np.argmin(d))
-        idx = np.arange(hint - window, hint + window + 1) % self.n
-        p = self.points[idx]
+        p = self._wrapped[hint : hint + 2 * w + 1]  # samples hint-w .. hint+w
         d = (p[:, 0] - x) ** 2 + (p[:, 1] - y) ** 2
-        return int(idx[int(np.argmin(d))])
+        return (hint - w + int(d.argmin())) % self.n
 
     def project(self, x: float, y: float, hint: int | None = None) -> Projection:
         """Foot point of (x, y) on the centre line: arc length, cross-track error, heading."""
@@ -106,9 +113,9 @@ class Track:
         # refine on whichever neighbouring segment the point projects onto
         best = None
         for a in ((i - 1) % self.n, i):
-            b = (a + 1) % self.n
-            ax, ay = self.points[a]
-            ex, ey = self.points[b, 0] - ax, self.points[b, 1] - ay
+            ax, ay = self._xy[a]
+            bx, by = self._xy[(a + 1) % self.n]
+            ex, ey = bx - ax, by - ay
             seg2 = ex * ex + ey * ey
             f = min(1.0, max(0.0, ((x - ax) * ex + (y - ay) * ey) / seg2))
             px, py = ax + f * ex, ay + f * ey
@@ -119,7 +126,7 @@ class Track:
         d2, a, f, px, py, ex, ey = best
         cross = ex * (y - py) - ey * (x - px)  # > 0 when the point is left of the segment
         cte = math.copysign(math.sqrt(d2), cross) if d2 > 0 else 0.0
-        s = (self.s[a] + f * self.seg_len[a]) % self.length
+        s = (self._s[a] + f * self._seg[a]) % self.length
         return Projection(i, float(s), float(cte), float(math.atan2(ey, ex)))
 
     def progress_delta(self, s_from: float, s_to: float) -> float:
@@ -165,12 +172,17 @@ def generate_track(seed: int, max_attempts: int = 200) -> Track:
 
 
 def _candidate(rng: np.random.Generator, width: float) -> np.ndarray | None:
-    n = int(rng.integers(5, 11))
+    n = int(rng.integers(5, 12))
     size = rng.uniform(3.0, 5.0)
     ang = 2 * np.pi * (np.arange(n) + rng.uniform(-0.3, 0.3, n)) / n
     ang = np.sort(ang + rng.uniform(0, 2 * np.pi))
-    rad = size * rng.uniform(0.45, 1.0, n)
+    # deep dents make S-bends and hairpins; stretching makes long straights
+    rad = size * rng.uniform(rng.uniform(0.3, 0.6), 1.0, n)
     corners = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+    stretch = rng.uniform(1.0, 1.8)
+    turn = rng.uniform(0, np.pi)
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    corners = (corners * [stretch, 1 / np.sqrt(stretch)]) @ rot.T
     # squared uniform favours tight bends without making them all tight
     fillet = MIN_RADIUS + (MAX_RADIUS - MIN_RADIUS) * rng.uniform(0, 1, n) ** 2
     return _rounded_polygon(corners, fillet, width)
