@@ -194,7 +194,7 @@ def load_config(
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table")
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install MaLPi as a systemd service on a Raspberry Pi (Raspberry Pi OS bookworm or newer).
+# Run from a checkout of the repository:  sudo tools/install-pi.sh
+# Re-running upgrades the code and the unit; an existing /etc/malpi/malpi.toml is kept.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+prefix=/opt/malpi
+conf=/etc/malpi/malpi.toml
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-pi.sh: run as root (sudo $0)" >&2
+  exit 1
+fi
+
+# picamera2 and lgpio come from Raspberry Pi OS, not PyPI (libcamera's bindings are apt-only).
+apt-get update
+apt-get install -y python3-venv python3-picamera2 python3-lgpio
+
+# A system user that may use the GPIO chips and the camera, and nothing else.
+id -u malpi >/dev/null 2>&1 || useradd --system --home-dir /var/lib/malpi --shell /usr/sbin/nologin malpi
+for group in gpio video; do
+  getent group "$group" >/dev/null && usermod -a -G "$group" malpi
+done
+
+# The robot install: LiteRT, gpiozero, pyzmq, OpenCV. No TensorFlow.
+python3 -m venv --system-site-packages "$prefix/venv"
+"$prefix/venv/bin/pip" install --upgrade pip
+"$prefix/venv/bin/pip" install "$repo[robot]"
+
+install -d -m 0755 /etc/malpi
+if [ ! -f "$conf" ]; then
+  "$prefix/venv/bin/malpi" config show \
+    --set camera.backend=picamera2 \
+    --set drivetrain.backend=differential \
+    --set recording.path='"/var/lib/malpi/episodes.sqlite"' > "$conf.new"
+  mv "$conf.new" "$conf"
+  echo "wrote $conf: check the GPIO pins in [drivetrain.differential] before driving"
+fi
+# Validate before installing the unit: a bad config must not reach the motors.
+"$prefix/venv/bin/malpi" config show --config "$conf" > /dev/null
+
+install -m 0644 "$repo/systemd/malpi.service" /etc/systemd/system/malpi.service
+systemd-analyze verify /etc/systemd/system/malpi.service
+systemctl daemon-reload
+systemctl enable malpi.service
+systemctl restart malpi.service
+systemctl --no-pager status malpi.service || true
+echo "MaLPi is running; it boots paused: the car moves only when an operator chooses a mode."
