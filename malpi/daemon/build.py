@@ -201,7 +201,12 @@ def build_sim_world(config: Config) -> Any:
     )
 
 
-def build_robot(config: Config, pin_factory: Any = None, notifier: Notifier | None = None) -> Robot:
+def build_robot(
+    config: Config,
+    pin_factory: Any = None,
+    notifier: Notifier | None = None,
+    stage_history: list | None = None,
+) -> Robot:
     """Build every part; on any failure close what was built and re-raise."""
     closers: list = []
     try:
@@ -248,6 +253,7 @@ def build_robot(config: Config, pin_factory: Any = None, notifier: Notifier | No
             notifier=notifier,
             record=config.recording.enabled,
             config=config.to_dict(),
+            stage_history=stage_history,
         )
         return Robot(config, loop, camera, drivetrain, recorder, telemetry, sim_world, closers)
     except BaseException:

@@ -28,6 +28,17 @@ def register(commands, bench) -> None:
     d.add_argument("--quiet", action="store_true", help="no live status line")
     d.set_defaults(func=cmd_drive)
 
+    b = bench.add_parser(
+        "loop", help="the daemon on the simulator: period jitter and per-stage latency"
+    )
+    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive (default 60)")
+    b.add_argument(
+        "--config", metavar="FILE", help="base configuration (camera/drivetrain are forced to sim)"
+    )
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_loop)
+
     c = commands.add_parser("config", help="show the effective configuration")
     sub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = sub.add_parser("show", help="validate and print the effective configuration as TOML")
@@ -154,3 +165,10 @@ class StatusLine:
                 f"action {name:<10} infer {lat:.2f} ms rec {'on' if s['recording'] else 'off'}{extra} [{faults}]"
             )
             sys.stderr.flush()
+
+
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from malpi.daemon import bench
+
+    bench.run(rate_hz=args.rate, seconds=args.seconds, json_path=args.json, config_path=args.config)
+    return 0

@@ -82,6 +82,7 @@ class ControlLoop:
         notifier: Notifier | None = None,
         record: bool = True,
         config: dict[str, Any] | None = None,
+        stage_history: list[dict[str, float]] | None = None,
     ):
         self.camera = camera
         self.drivetrain = drivetrain
@@ -92,6 +93,9 @@ class ControlLoop:
         self.telemetry = telemetry or Telemetry()
         self.notifier = notifier or Notifier({})
         self.config = config or {}
+        self.stage_history = (
+            stage_history  # when given, every period's stage times are appended (bench)
+        )
         self.mode = Mode.PAUSED
         self.faults = Faults()
         self.stats = LoopStats()
@@ -318,6 +322,8 @@ class ControlLoop:
         )
         stages["publish"] = (time.monotonic() - t_rec) * 1000
         self.stats.last_stages_ms = stages
+        if self.stage_history is not None:
+            self.stage_history.append({"start": t0, **stages})
         if action is not None:
             self.step_index += 1
         self._maybe_status(t0)
