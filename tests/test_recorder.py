@@ -170,31 +170,39 @@ def test_recorder_keeps_its_own_copy_of_the_frame(db):
 
 
 def test_control_thread_never_blocks_on_a_slow_writer(db, monkeypatch):
-    """The disk takes 20 ms per step; the loop records 300 steps as fast as it can."""
+    """The disk takes 100 ms per step; the loop records 300 steps as fast as it can.
+
+    A record() that waited for the writer would take >= 100 ms; the thresholds
+    below leave room only for scheduling noise on a busy machine (the GIL's
+    switch interval is 5 ms).
+    """
     real_insert = store_module.EpisodeStore.insert_steps
 
     def slow_insert(self, episode_id, rows):
-        time.sleep(0.02)
+        time.sleep(0.1)
         real_insert(self, episode_id, rows)
 
     monkeypatch.setattr(store_module.EpisodeStore, "insert_steps", slow_insert)
-    rec = Recorder(db, queue_size=32)
+    rec = Recorder(db, queue_size=8)
     ep = rec.start_episode(meta_for())
+    steps = [step_for(ep, i) for i in range(300)]
     durations, accepted = [], []
-    for i in range(300):
+    start = time.perf_counter()
+    for step in steps:
         t = time.perf_counter()
-        index = rec.record(step_for(ep, i))
+        index = rec.record(step)
         durations.append(time.perf_counter() - t)
         if index is not None:
             accepted.append(index)
-    stats = rec.stats
-    assert stats.queue_depth <= 32
+    total = time.perf_counter() - start
+    assert rec.stats.queue_depth <= 8
     rec.close()
     assert rec.error is None
-    assert max(durations) < 0.005, f"record() took {max(durations) * 1e3:.1f} ms"
-    assert np.median(durations) < 0.001
+    assert total < 0.5, f"300 record() calls took {total:.2f} s"
+    assert max(durations) < 0.05, f"record() took {max(durations) * 1e3:.1f} ms"
+    assert np.median(durations) < 0.0005
     stats = rec.stats
-    assert stats.steps_dropped > 200  # the writer managed only a few dozen
+    assert stats.steps_dropped > 280  # the writer managed only a handful
     assert stats.steps_written == len(accepted) == 300 - stats.steps_dropped
     with EpisodeStore(db) as store:
         info = store.episode(ep)
