@@ -79,7 +79,8 @@ def track_map(
     xmin, ymin, xmax, ymax = xmin - margin, ymin - margin, xmax + margin, ymax + margin
     scale = max_px / max(xmax - xmin, ymax - ymin)  # output pixels per metre
     w, h = int(round((xmax - xmin) * scale)), int(round((ymax - ymin) * scale))
-    level = int(np.clip(math.floor(math.log2(tex.ppm / scale)), 0, len(tex.levels) - 1))
+    # one mip level coarser than the output: a smooth floor (and a small PNG), lines still clear
+    level = int(np.clip(math.ceil(math.log2(tex.ppm / scale)), 0, len(tex.levels) - 1))
     k = tex.ppm / (1 << level)
     off = 0.5 / (1 << level) - 0.5
     # output pixel (c, r) -> world (xmin + c/scale, ymax - r/scale) -> texture level pixel
@@ -90,7 +91,7 @@ def track_map(
         tex.levels[level],
         m,
         (w, h),
-        flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=tex.border,
     )
