@@ -65,3 +65,15 @@ def test_bench_sim_json(tmp_path, capsys):
     assert r["steps_per_s"] > 100  # a loose floor: the real figure is in the thousands
     assert "carracing_steps_per_s" not in r
     assert "steps/s" in capsys.readouterr().out
+
+
+def test_the_simulator_imports_no_tensorflow_or_robot_libraries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, malpi.sim.env, malpi.sim.demo, malpi.camera.sim, malpi.drivetrain.sim\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'gpiozero', 'zmq') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -62,7 +62,7 @@ class Expert:
         """Speed at which the tightest bend in the next metre or so stays under the lateral limit."""
         t = world.track
         span = int(1.2 / (t.length / t.n))
-        idx = (world._index + np.arange(span)) % t.n
+        idx = (world.index + np.arange(span)) % t.n
         k = float(np.abs(t.curvature[idx]).max())
         return math.sqrt(self.lateral_accel / max(k, 1e-3))
 

@@ -51,6 +51,7 @@ class RealTimeWorld:
         self.respawn_after = respawn_after
         self.lock = threading.RLock()
         self.respawns = 0
+        self.error: BaseException | None = None  # what ended the physics thread, if anything
         self._users = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -81,6 +82,7 @@ class RealTimeWorld:
 
     @property
     def running(self) -> bool:
+        """The physics thread is alive (False when nobody holds the world, or it failed)."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- the car -----------------------------------------------------------------------
@@ -120,6 +122,15 @@ class RealTimeWorld:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the car must not keep going on a dead simulation
+            self.error = exc
+            log.error("simulator physics thread failed: %r", exc, exc_info=exc)
+            with self.lock:
+                self.world.command = STOP
+
+    def _loop(self) -> None:
         period = self.dt
         next_tick = time.monotonic()
         while not self._stopping.is_set():

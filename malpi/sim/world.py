@@ -150,6 +150,11 @@ class World:
         return max(0, math.floor(self.travelled / self.track.length + 1e-9))
 
     @property
+    def index(self) -> int:
+        """The centre-line sample nearest the car."""
+        return self._index
+
+    @property
     def heading_error(self) -> float:
         return math.remainder(self.car.state.heading - self.track_heading, math.tau)
 
