@@ -75,6 +75,18 @@ class Events:
         with self.lock:
             self.messages.append((topic, payload))
 
+    def safety_stop(self, fault: str, timeout: float = 2.0) -> dict:
+        """The latest safety_stop event for ``fault``, waiting for it (it is published by the loop
+        thread just after the motors stop, so a test that saw the pins drop may be a moment early)."""
+        found: list[dict] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.of("event", "safety_stop") if e.get("fault") == fault]
+            return bool(found)
+
+        wait_until(seen, timeout)
+        return found[-1]
+
     def of(self, topic: str, kind: str | None = None) -> list[dict]:
         with self.lock:
             return [
