@@ -114,6 +114,16 @@ def test_world_state_round_trip_reproduces_the_future():
     assert w.car.state == after
 
 
+def test_the_car_stops_at_the_wall_round_the_floor():
+    w = World(1000, CarParams(noise=0.0))
+    x1, y1 = w.floor[2], (w.floor[1] + w.floor[3]) / 2
+    w.car.put(x1 - 0.5, y1, 0.0)  # facing the east wall
+    for _ in range(40):
+        w.step(MotorCommand(0.0, 1.0))
+    assert w.car.state.x <= x1 and w.car.state.speed == 0.0
+    assert not w.on_track and math.isfinite(w.cte)
+
+
 def test_camera_frame_shape_dtype_and_it_changes_when_turning():
     spec = CameraSpec(width=80, height=60)
     w = World(1000, camera=spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -116,22 +116,14 @@ class World:
         st = self.car.step(self.command, dt)
         fx0, fy0, fx1, fy1 = self.floor
         if not (fx0 <= st.x <= fx1 and fy0 <= st.y <= fy1):  # hit the wall round the floor
-            self.car.set_state(
-                CarState(
-                    min(max(st.x, fx0), fx1),
-                    min(max(st.y, fy0), fy1),
-                    st.heading,
-                    0.0,
-                    st.a0 if self.car.params.drivetrain == "steering" else 0.0,
-                    0.0,
-                    st.trim,
-                    st.gain_left,
-                    st.gain_right,
-                )
-            )
+            diff = self.car.params.drivetrain == "differential"
+            x, y = min(max(st.x, fx0), fx1), min(max(st.y, fy0), fy1)
+            self.car.set_state(replace(st, x=x, y=y, speed=0.0, a1=0.0, a0=0.0 if diff else st.a0))
             st = self.car.state
         self.time += dt
         p = self.track.project(st.x, st.y, self._index)
+        if abs(p.cte) > self.track.width:  # far off the road: the local search may be lost
+            p = self.track.project(st.x, st.y)
         delta = self.track.progress_delta(self.s, p.s)
         self._index, self.s, self.cte, self.track_heading = p.index, p.s, p.cte, p.heading
         self.travelled += delta
