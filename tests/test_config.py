@@ -115,3 +115,28 @@ print("PINS", sorted(Device.pin_factory.pins), "RC", rc)
         "drivetrain.differential.right_forward: pin 22 is already used" in out.stderr
         or "drivetrain.differential.left_backward" in out.stderr
     )
+
+
+def test_every_key_is_documented():
+    """docs/configuration.md names every key of the schema, so defaults stay documented."""
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+
+    def keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                yield prefix, f.name
+
+    missing = []
+    for section, key in keys(Config):
+        if section and f"[{section.rstrip('.')}]" not in doc:
+            missing.append(section.rstrip("."))
+        if f"`{key}`" not in doc:
+            missing.append(section + key)
+    assert not missing, f"undocumented config keys: {missing}"
