@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,8 +20,8 @@ def register(commands: Any, bench: Any) -> None:
     actions = parser.add_subparsers(dest="episodes_command", required=True, metavar="ACTION")
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument(
-        "--db", type=Path, required=True, metavar="PATH",
-        help="the episode database (the daemon's recording path)",
+        "--db", type=Path, metavar="PATH",
+        help="the episode database (default: recording.path of the daemon's configuration)",
     )  # fmt: skip
 
     p = actions.add_parser("list", parents=[db], help="a table of the episodes")
@@ -31,7 +32,9 @@ def register(commands: Any, bench: Any) -> None:
     p.add_argument("--steps", type=int, default=0, metavar="K", help="also print the first K steps")
     p.set_defaults(func=_show)
 
-    p = actions.add_parser("delete", parents=[db], help="delete episodes and their steps (no prompt)")
+    p = actions.add_parser(
+        "delete", parents=[db], help="delete episodes and their steps (no prompt)"
+    )
     p.add_argument("episodes", type=int, nargs="+", metavar="N")
     p.add_argument(
         "--force", action="store_true",
@@ -55,6 +58,14 @@ def register(commands: Any, bench: Any) -> None:
 def _open(args: argparse.Namespace, *, readonly: bool = True) -> Any:
     from malpi.recorder.store import EpisodeStore
 
+    if args.db is None:
+        # The same file the daemon records to: $MALPI_CONFIG, /etc/malpi/malpi.toml or the default.
+        from malpi.config import ROBOT_CONFIG_PATH, load_config
+
+        config_path = os.environ.get("MALPI_CONFIG") or (
+            ROBOT_CONFIG_PATH if ROBOT_CONFIG_PATH.exists() else None
+        )
+        args.db = Path(load_config(config_path).recording.path).expanduser()
     # Read-only unless deleting: looking at the car's recordings never changes them.
     return EpisodeStore(args.db, readonly=readonly)
 
@@ -88,7 +99,10 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 2, 3, 4, 5}
     for r in [header, *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
         print("  ".join(cells).rstrip())
     total = sum(e.step_count for e in episodes)
     size = sum(p.stat().st_size for p in args.db.parent.glob(args.db.name + "*") if p.is_file())
@@ -118,7 +132,10 @@ def _show(args: argparse.Namespace) -> int:
     )
     if steps:
         sources = Counter(s.source for s in steps)
-        print("sources   " + ", ".join(f"{k} {sources.get(k, 0)}" for k in ("human", "policy", "intervention")))
+        print(
+            "sources   "
+            + ", ".join(f"{k} {sources.get(k, 0)}" for k in ("human", "policy", "intervention"))
+        )
         actions = Counter(s.action for s in steps)
         print("actions   " + ", ".join(
             f"{n} {actions.get(i, 0)} ({100 * actions.get(i, 0) / len(steps):.0f}%)"
@@ -151,7 +168,9 @@ def _show(args: argparse.Namespace) -> int:
     print("config    " + (json.dumps(info.config, sort_keys=True) if info.config else "{}"))
     if args.steps > 0 and steps:
         print()
-        print(f"{'STEP':>6}  {'T (s)':>8}  {'ACTION':<12}  {'SOURCE':<12}  {'P(A)':>6}  {'VALUE':>8}  {'REWARD':>8}  DONE")
+        print(
+            f"{'STEP':>6}  {'T (s)':>8}  {'ACTION':<12}  {'SOURCE':<12}  {'P(A)':>6}  {'VALUE':>8}  {'REWARD':>8}  DONE"
+        )
         t0 = steps[0].capture_time
         for s in steps[: args.steps]:
             p = f"{s.probs[s.action]:.3f}" if s.probs is not None else "-"
