@@ -126,10 +126,11 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    path: str = ""  # bundle; "" = the installed default policy (a fresh one if none is installed)
+    path: str = ""  # bundle; "" = the store's current, else the installed default, else fresh
     backend: str = "litert_int8"  # litert_int8 | litert_float | tf
     sample: bool = False  # draw actions from the probabilities instead of argmax
     num_threads: int = 1
+    store: str = "~/.local/share/malpi/policies"  # bundles accepted over the link + history
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,17 @@ class RecordingConfig:
 
 @dataclass(frozen=True)
 class LinkConfig:
+    enabled: bool = True  # malpi drive serves the link
     command: str = "tcp://127.0.0.1:5555"  # request/reply command socket
     telemetry: str = "tcp://127.0.0.1:5556"  # PUB telemetry socket
+    curve: bool = False  # CURVE encryption + client-key authorisation (malpi keys init)
+    keys_dir: str = "~/.config/malpi/keys"  # holds server.key_secret; on the robot /etc/malpi/keys
+    authorized_keys: str = ""  # directory of client public keys; "" = <keys_dir>/authorized
+    allow_insecure_remote: bool = False  # non-loopback bind without CURVE (closed bench)
+    max_message_bytes: int = 80 * 1024 * 1024  # ZMQ_MAXMSGSIZE: a larger frame drops the peer
+    telemetry_hwm: int = 100  # messages queued per subscriber before newer ones are dropped
+    frame_rate_hz: float = 10.0  # JPEG frames on the frame topic; 0 = none
+    frame_jpeg_quality: int = 80
 
 
 @dataclass(frozen=True)
@@ -350,11 +360,48 @@ def validate(c: Config) -> None:
             key,
             f"must be a tcp://, ipc:// or inproc:// address, got {addr!r}",
         )
-    _require(c.link.command != c.link.telemetry, "link.telemetry", "must differ from link.command")
+    _require(
+        c.link.command != c.link.telemetry or c.link.command.endswith(":*"),  # :* = any free port
+        "link.telemetry",
+        "must differ from link.command",
+    )
+    _require(bool(c.policy.store), "policy.store", "must name a directory")
+    _validate_link(c.link)
     try:
         c.action_table  # noqa: B018 - validates
     except ActionTableError as exc:
         raise ConfigError(f"actions: {exc}") from exc
+
+
+def _validate_link(link: LinkConfig) -> None:
+    _require(
+        1024 <= link.max_message_bytes <= 2**31 - 1,
+        "link.max_message_bytes",
+        f"must be in [1024, 2147483647], got {link.max_message_bytes}",
+    )
+    _require(link.telemetry_hwm >= 1, "link.telemetry_hwm", "must be at least 1")
+    _require(
+        0 <= link.frame_rate_hz <= 60,
+        "link.frame_rate_hz",
+        f"must be in [0, 60], got {link.frame_rate_hz}",
+    )
+    _require(
+        1 <= link.frame_jpeg_quality <= 100,
+        "link.frame_jpeg_quality",
+        f"must be in 1..100, got {link.frame_jpeg_quality}",
+    )
+    _require(bool(link.keys_dir) or not link.curve, "link.keys_dir", "CURVE needs a keys directory")
+    if link.curve or link.allow_insecure_remote:
+        return
+    from malpi.link.address import is_local
+
+    for key, addr in (("link.command", link.command), ("link.telemetry", link.telemetry)):
+        _require(
+            is_local(addr),
+            key,
+            f"{addr} is reachable from the network: set link.curve = true (see malpi keys init), "
+            "or link.allow_insecure_remote = true on a closed bench network",
+        )
 
 
 def _check_pins(section: str, pins: dict[str, int]) -> None:
