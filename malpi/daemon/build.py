@@ -42,6 +42,7 @@ class Robot:
     telemetry: Telemetry
     sim_world: Any = None  # the RealTimeWorld when running on the simulator
     _closers: list = field(default_factory=list)
+    policy_source: str = ""  # where the boot policy came from (load_policy_bundle)
 
     def close(self) -> None:
         self.drivetrain.stop()
@@ -54,10 +55,16 @@ class Robot:
 
 
 def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
-    """The configured bundle, else the installed default, else a fresh one (needs TensorFlow).
+    """The policy to boot with, in this order:
+
+    1. ``policy.path``, when set;
+    2. the policy store's current policy (the last one accepted over the link);
+    3. the installed default policy;
+    4. a fresh untrained one (needs TensorFlow).
 
     Returns (bundle or None, where it came from). A configured path that fails
     validation is an error: the daemon must not silently drive another policy.
+    A stored policy that fails validation is skipped with a warning.
     """
     expect = {
         "expected_actions": config.action_table,
@@ -66,6 +73,16 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
     if config.policy.path:
         path = Path(config.policy.path).expanduser()
         return PolicyBundle.load(path, **expect), str(path)
+    from malpi.link.store import PolicyStore
+
+    store = PolicyStore(config.policy.store)
+    current = store.current()
+    if current is not None:
+        try:
+            bundle = PolicyBundle.load(store.path(current), **expect)
+            return bundle, f"policy store ({current.file})"
+        except ValueError as exc:
+            log.warning("the policy store's current policy is unusable, skipping it: %s", exc)
     shipped = resources.files("malpi") / "data" / DEFAULT_POLICY
     if shipped.is_file():
         try:
@@ -255,7 +272,9 @@ def build_robot(
             config=config.to_dict(),
             stage_history=stage_history,
         )
-        return Robot(config, loop, camera, drivetrain, recorder, telemetry, sim_world, closers)
+        return Robot(
+            config, loop, camera, drivetrain, recorder, telemetry, sim_world, closers, source
+        )
     except BaseException:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

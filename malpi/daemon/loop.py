@@ -134,6 +134,14 @@ class ControlLoop:
     def reset_episode(self) -> Future:
         return self.submit(lambda: self._new_episode("finished", reason="reset requested"))
 
+    def end_episode(self, outcome: str = "finished", final_reward: float | None = None) -> Future:
+        """End the episode with an outcome (e.g. the operator saw the car fail); a new one starts."""
+        return self.submit(
+            lambda: self._new_episode(
+                outcome, reason=f"episode {outcome}", final_reward=final_reward
+            )
+        )
+
     def set_recording(self, on: bool) -> Future:
         return self.submit(lambda: self._set_recording(on))
 
@@ -456,9 +464,12 @@ class ControlLoop:
         self._new_episode("finished", reason="policy swapped")
         return {"version": policy.version, "previous": old, "episode": self.episode}
 
-    def _new_episode(self, end_outcome: str | None, reason: str) -> dict[str, Any]:
+    def _new_episode(
+        self, end_outcome: str | None, reason: str, final_reward: float | None = None
+    ) -> dict[str, Any]:
+        ended = None
         if self.recorder is not None and end_outcome is not None:
-            self.recorder.end_episode(end_outcome)
+            ended = self.recorder.end_episode(end_outcome, final_reward)
         if self.policy is not None:
             self.policy.reset()
         self.prev_action = NO_ACTION
@@ -477,7 +488,7 @@ class ControlLoop:
             self.telemetry.event(
                 "episode_reset", f"episode {self.episode} ({reason})", episode=self.episode
             )
-        return {"episode": self.episode}
+        return {"episode": self.episode, "ended": ended}
 
     # -- process-level plumbing -----------------------------------------------------
 
