@@ -62,13 +62,39 @@ class ResetLSTMCell(keras.layers.Layer):
         return self.cell(inputs[:, :-1], [s * keep for s in states], training=training)
 
 
+class FeedForwardCell(keras.layers.Layer):
+    """The memoryless control for the LSTM: one tanh Dense layer with an RNN cell's interface.
+
+    It takes and returns the same (h, c) state as the LSTM cell, so the sequence
+    model, the step model, bundles and runtimes are unchanged; its output never
+    depends on the state (h' is the output, c' is zero).
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = [units, units]
+        self.output_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel"
+        )
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, inputs, states, training=None):
+        out = keras.ops.tanh(keras.ops.matmul(inputs, self.kernel) + self.bias)
+        return out, [out, keras.ops.zeros_like(states[1])]
+
+
 @dataclass
 class PolicyNetwork:
     """The shared layers and the two models built on them."""
 
     spec: PolicySpec
     encoder: keras.Model
-    cell: keras.layers.LSTMCell
+    cell: keras.layers.LSTMCell | FeedForwardCell
     policy_head: keras.layers.Dense
     value_head: keras.layers.Dense
     sequence_model: keras.Model
@@ -126,7 +152,10 @@ def build_policy(spec: PolicySpec, seed: int | None = None) -> PolicyNetwork:
     if seed is not None:
         keras.utils.set_random_seed(seed)
     encoder = build_encoder(spec)
-    cell = keras.layers.LSTMCell(spec.lstm_units, name="lstm")
+    if spec.recurrent:
+        cell = keras.layers.LSTMCell(spec.lstm_units, name="lstm")
+    else:
+        cell = FeedForwardCell(spec.lstm_units, name="feedforward")
     policy_head = keras.layers.Dense(spec.num_actions, name="policy")
     value_head = keras.layers.Dense(1, name="value")
     n, u = spec.num_actions, spec.lstm_units

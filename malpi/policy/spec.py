@@ -44,6 +44,9 @@ class PolicySpec:
     lstm_units: int = 128
     num_actions: int = 5
     obs_dim: int = 0  # > 0: a vector observation of this size instead of an image
+    # False: a feed-forward layer of lstm_units in place of the LSTM (no memory; a control for
+    # experiments). The step model keeps its (h, c) inputs and outputs so every runtime is the same.
+    recurrent: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class PolicySpec:
             or self.bottleneck < 0
         ):
             raise SpecError(f"spec.bottleneck must be an integer >= 0, got {self.bottleneck!r}")
+        if not isinstance(self.recurrent, bool):
+            raise SpecError(f"spec.recurrent must be true or false, got {self.recurrent!r}")
         if isinstance(self.obs_dim, bool) or not isinstance(self.obs_dim, int) or self.obs_dim < 0:
             raise SpecError(f"spec.obs_dim must be an integer >= 0, got {self.obs_dim!r}")
         if self.is_image:
@@ -119,10 +124,15 @@ class PolicySpec:
             shapes.append(("bottleneck/bias", (self.bottleneck,)))
         u = self.lstm_units
         lstm_in = self.feature_size + self.num_actions
+        if self.recurrent:
+            shapes += [
+                ("lstm/kernel", (lstm_in, 4 * u)),
+                ("lstm/recurrent_kernel", (u, 4 * u)),
+                ("lstm/bias", (4 * u,)),
+            ]
+        else:
+            shapes += [("feedforward/kernel", (lstm_in, u)), ("feedforward/bias", (u,))]
         shapes += [
-            ("lstm/kernel", (lstm_in, 4 * u)),
-            ("lstm/recurrent_kernel", (u, 4 * u)),
-            ("lstm/bias", (4 * u,)),
             ("policy/kernel", (u, self.num_actions)),
             ("policy/bias", (self.num_actions,)),
             ("value/kernel", (u, 1)),
@@ -151,13 +161,18 @@ class PolicySpec:
         if self.bottleneck:
             macs += flat * self.bottleneck
         u = self.lstm_units
-        macs += 4 * u * (self.feature_size + self.num_actions + u)
+        if self.recurrent:
+            macs += 4 * u * (self.feature_size + self.num_actions + u)
+        else:
+            macs += u * (self.feature_size + self.num_actions)
         macs += u * (self.num_actions + 1)
         return macs
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["conv"] = [[c.filters, c.kernel, c.stride] for c in self.conv]
+        if d["recurrent"]:
+            del d["recurrent"]  # the default; manifests written before the option stay identical
         if not d["extra"]:
             del d["extra"]
         return d
