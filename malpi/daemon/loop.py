@@ -65,6 +65,13 @@ class LoopStats:
     last_stages_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OperatorCommand:
+    action: int | None  # None: the operator says stop
+    seq: int
+    received: float  # time.monotonic()
+
+
 class DaemonStopped(RuntimeError):
     """A command sent to a loop that is no longer running."""
 
@@ -104,10 +111,8 @@ class ControlLoop:
         self.step_index = 0
         self.prev_action = NO_ACTION
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
-        self._manual: tuple[int | None, int, float] | None = (
-            None  # (action or None=stop, seq, monotonic)
-        )
-        self._manual_lock = threading.Lock()
+        self._operator: OperatorCommand | None = None  # the latest drive command
+        self._operator_lock = threading.Lock()
         self._thread_errors: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -153,14 +158,14 @@ class ControlLoop:
         """An operator command: an action index, or None to stop. Feeds the deadman."""
         if action is not None and not 0 <= action < len(self.actions):
             raise ValueError(f"action {action} is outside the table of {len(self.actions)}")
-        with self._manual_lock:
-            if self._manual is not None and seq <= self._manual[1]:
+        with self._operator_lock:
+            if self._operator is not None and seq <= self._operator.seq:
                 return {
                     "accepted": False,
                     "reason": f"stale sequence number {seq}",
                     "mode": str(self.mode),
                 }
-            self._manual = (action, seq, time.monotonic())
+            self._operator = OperatorCommand(action, seq, time.monotonic())
         return {"accepted": True, "mode": str(self.mode)}
 
     def request_stop(self, reason: str) -> None:
@@ -248,7 +253,9 @@ class ControlLoop:
         t_pre = time.monotonic()
 
         # 2. The operator: a fresh drive command (manual driving, or an intervention in auto).
-        operator = self._fresh_operator_command(t_pre)
+        operator = self._operator
+        if operator is not None and t_pre - operator.received > self.settings.deadman:
+            operator = None
         if self.mode is Mode.MANUAL and operator is None:
             self._fault("deadman", f"no drive command for {self.settings.deadman * 1000:.0f} ms")
         else:
@@ -259,7 +266,7 @@ class ControlLoop:
         if (
             self.mode is not Mode.PAUSED
             and self.policy is not None
-            and "stale_frame" not in self.faults.snapshot()
+            and "stale_frame" not in self.faults
         ):
             try:
                 result = self.policy.step(frame.image, self.prev_action)
@@ -270,11 +277,13 @@ class ControlLoop:
         # 4. Decide: nothing moves while any fault is active or the loop is paused.
         action, source = None, None
         if not self.faults.any:
-            if operator is not None and operator[0] is not None and self.mode is not Mode.PAUSED:
-                action, source = (
-                    operator[0],
-                    "human" if self.mode is Mode.MANUAL else "intervention",
-                )
+            if (
+                operator is not None
+                and operator.action is not None
+                and self.mode is not Mode.PAUSED
+            ):
+                action = operator.action
+                source = "human" if self.mode is Mode.MANUAL else "intervention"
             elif self.mode is Mode.AUTO and operator is None and result is not None:
                 action, source = result.action, "policy"
 
@@ -361,12 +370,6 @@ class ControlLoop:
             self._latch("thread_crash", f"camera failed: {cam_error!r}")
         if self.recorder is not None and self.recorder.error is not None:
             self._latch("thread_crash", f"recorder failed: {self.recorder.error!r}")
-
-    def _fresh_operator_command(self, now: float) -> tuple[int | None] | None:
-        manual = self._manual
-        if manual is None or now - manual[2] > self.settings.deadman:
-            return None
-        return (manual[0],)
 
     def _fault(self, name: str, reason: str) -> None:
         if self.faults.raise_(name, reason):

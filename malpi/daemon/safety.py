@@ -41,6 +41,9 @@ class Faults:
             del self._active[n]
         return cleared
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._active
+
     @property
     def latched(self) -> bool:
         return any(n in LATCHED for n in self._active)
