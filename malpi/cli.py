@@ -16,6 +16,7 @@ AREAS = [
     "malpi.recorder.cli",
     "malpi.sim.cli",
     "malpi.daemon.cli",
+    "malpi.link.cli",
 ]
 
 

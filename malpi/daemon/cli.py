@@ -24,6 +24,7 @@ def register(commands, bench) -> None:
         help="mode to enter after start-up (default: auto with --sim, otherwise paused)",
     )
     d.add_argument("--no-record", action="store_true", help="do not record episodes")
+    d.add_argument("--no-link", action="store_true", help="do not serve the ZeroMQ link")
     d.add_argument("--duration", type=float, help="stop after this many seconds")
     d.add_argument("--quiet", action="store_true", help="no live status line")
     d.set_defaults(func=cmd_drive)
@@ -99,10 +100,17 @@ def cmd_drive(args: argparse.Namespace) -> int:
     config = load_from_args(args)  # fails here, before any GPIO, on a bad config
     if args.no_record:
         config = _replace(config, "recording", enabled=False)
+    if args.no_link:
+        config = _replace(config, "link", enabled=False)
     notifier = Notifier()
     robot = build_robot(config, notifier=notifier)
     loop = robot.loop
+    link = None
     try:
+        if config.link.enabled:  # binds now: a refused or busy address stops here, motors stopped
+            from malpi.link.server import start_link
+
+            link = start_link(robot)
         if not args.quiet and sys.stderr.isatty() or os.environ.get("MALPI_STATUS_LINE"):
             robot.telemetry.add_sink(StatusLine(robot).sink)
         mode = args.mode or ("auto" if args.sim else "paused")
@@ -116,6 +124,8 @@ def cmd_drive(args: argparse.Namespace) -> int:
             timer.start()
         return loop.run()
     finally:
+        if link is not None:
+            link.close()
         robot.close()
         notifier.close()
         print(file=sys.stderr)

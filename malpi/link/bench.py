@@ -1,0 +1,304 @@
+"""``malpi bench link``: the link's costs, measured over real sockets on loopback.
+
+1. Command round trip (``ping`` and ``drive``), median and p99, plain and with CURVE,
+   against a daemon driving on the simulator.
+2. Telemetry throughput: ``step`` messages and ``frame`` messages (JPEG of a
+   simulator frame) through the PUB socket to one subscriber, messages/s and MB/s.
+3. Hot reload: bundles loaded over the link while the policy drives in auto
+   mode; the missed periods and the longest period while loads were under way.
+   The default-size policy and the seed post's 5.9 M-parameter one (the worst
+   case: a ~50 MB bundle) when TensorFlow is there to make it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    rate_hz: float = 30.0,
+    requests: int = 2000,
+    reloads: int = 5,
+    json_path: str | None = None,
+    seed_size: bool = True,
+) -> dict[str, Any]:
+    from malpi.config import load_config
+    from malpi.daemon.build import build_robot
+    from malpi.link.server import LinkServer
+
+    result: dict[str, Any] = {"rate_hz": rate_hz}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        config = load_config(
+            None,
+            {
+                "camera.backend": "sim",
+                "drivetrain.backend": "sim",
+                "loop.rate_hz": rate_hz,
+                "camera.fps": max(30.0, rate_hz),
+                "recording.enabled": True,
+                "recording.path": str(tmp_path / "bench.sqlite"),
+                "policy.store": str(tmp_path / "store"),
+                "link.command": "tcp://127.0.0.1:*",
+                "link.telemetry": "tcp://127.0.0.1:*",
+            },
+        )
+        bundles = _bundles(config, seed_size)
+        history: list[dict[str, float]] = []
+        robot = build_robot(config, stage_history=history)
+        link = LinkServer.for_robot(robot)
+        thread = threading.Thread(
+            target=robot.loop.run, kwargs={"install_signal_handlers": False}, daemon=True
+        )
+        thread.start()
+        try:
+            result.update(_round_trips(link, requests, "rtt"))
+            curve_link, keys = _curve_server(robot, tmp_path)
+            try:
+                result.update(_round_trips(curve_link, requests, "rtt_curve", keys))
+            finally:
+                curve_link.close()
+            result.update(_throughput(robot))
+            result.update(_reloads(robot, link, history, bundles, reloads, rate_hz))
+        finally:
+            robot.loop.request_stop("bench over")
+            thread.join(10)
+            link.close()
+            robot.close()
+    result["policy"] = robot.loop.policy.version if robot.loop.policy else None
+    print(format_table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _bundles(config, seed_size: bool) -> list[tuple[str, bytes]]:
+    """The bundles to reload: the daemon's own policy, and the seed-size one if TensorFlow is here."""
+    from malpi.daemon.build import load_policy_bundle
+
+    bundle, _ = load_policy_bundle(config)
+    out = [] if bundle is None else [("default", bundle.to_bytes())]
+    if seed_size:
+        try:
+            from malpi.policy.export import make_bundle
+            from malpi.policy.model import build_policy
+            from malpi.policy.spec import SEED_SPEC
+
+            seed = make_bundle(build_policy(SEED_SPEC, seed=0), config.action_table)
+            out.append(("seed", seed.to_bytes()))
+        except ImportError as exc:
+            log.warning("no seed-size bundle (needs TensorFlow): %s", exc)
+    return out
+
+
+def _pct(values, q) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+def _round_trips(link, n: int, prefix: str, keys: dict | None = None) -> dict[str, Any]:
+    from malpi.link.client import RobotClient
+
+    client = RobotClient(
+        command=link.command_endpoint,
+        telemetry=link.telemetry_endpoint,
+        insecure=keys is None,
+        **(keys or {}),
+    )
+    try:
+        for _ in range(100):  # warm up: connect, handshake, caches
+            client.ping()
+        out: dict[str, Any] = {}
+        for name, call in (("ping", client.ping), ("drive", lambda: client.drive(None))):
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - t0) * 1000)
+            out[f"{prefix}_{name}_median_ms"] = _pct(times, 50)
+            out[f"{prefix}_{name}_p99_ms"] = _pct(times, 99)
+        out[f"{prefix}_median_ms"] = out[f"{prefix}_ping_median_ms"]
+        out[f"{prefix}_p99_ms"] = out[f"{prefix}_ping_p99_ms"]
+        return out
+    finally:
+        client.close()
+
+
+def _curve_server(robot, tmp: Path):
+    """A second link on the same daemon, with CURVE and one authorised client."""
+    import dataclasses
+
+    from malpi.link.keys import authorize, init_keys
+    from malpi.link.server import LinkServer
+
+    keys = tmp / "keys"
+    server = init_keys(keys, "server")
+    client = init_keys(tmp / "client-keys", "client")
+    authorize(str(client.path), keys / "authorized")
+    link_cfg = dataclasses.replace(robot.config.link, curve=True, keys_dir=str(keys))
+    config = dataclasses.replace(robot.config, link=link_cfg)
+    link = LinkServer(config, robot.loop, telemetry=robot.telemetry)
+    return link, {"server_key": server.path, "client_key": tmp / "client-keys/client.key_secret"}
+
+
+def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
+    """Messages/s and MB/s from a publisher to one subscriber, for step- and frame-sized messages."""
+    import dataclasses
+
+    import zmq
+
+    from malpi.link import schema
+    from malpi.link.server import TelemetryPublisher
+    from malpi.recorder.codec import encode_jpeg
+
+    link = dataclasses.replace(robot.config.link, telemetry_hwm=10000, curve=False)
+    frame = robot.camera.latest()
+    jpeg = encode_jpeg(frame.image, link.frame_jpeg_quality)
+    frame_body = schema.encode(
+        schema.FrameMsg(
+            v=1,
+            t=time.time(),
+            index=0,
+            episode=1,
+            step=0,
+            width=frame.image.shape[1],
+            height=frame.image.shape[0],
+            encoding="jpeg",
+            data=jpeg,
+        )
+    )
+    step = {
+        "t": time.time(),
+        "episode": 1,
+        "step": 0,
+        "mode": "auto",
+        "action": 2,
+        "source": "policy",
+        "probs": [0.1, 0.2, 0.4, 0.2, 0.1],
+        "value": 0.5,
+        "faults": [],
+        "latency_ms": {"capture_wait": 0.01, "inference": 0.3, "frame_to_motor": 20.0},
+    }
+    out: dict[str, Any] = {}
+    for name, send in (
+        ("step", lambda p: p.sink("step", step)),
+        ("frame", lambda p: p._send(b"frame", frame_body)),
+    ):
+        pub = TelemetryPublisher(link)
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 10000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(pub.endpoint)
+        time.sleep(0.3)  # let the subscription reach the publisher
+        stop = threading.Event()
+
+        def publish(pub=pub, send=send, stop=stop):
+            while not stop.is_set():
+                for _ in range(100):
+                    send(pub)
+
+        sender = threading.Thread(target=publish, daemon=True)
+        received = nbytes = 0
+        sender.start()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            if sub.poll(100):
+                frames = sub.recv_multipart()
+                received += 1
+                nbytes += len(frames[0]) + len(frames[1])
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        sender.join(5)
+        sub.close(0)
+        ctx.term()
+        pub.close()
+        out[f"telemetry_{name}_msgs_per_s"] = round(received / elapsed)
+        out[f"telemetry_{name}_mb_per_s"] = round(nbytes / elapsed / 1e6, 2)
+        out[f"telemetry_{name}_bytes"] = round(nbytes / max(received, 1))
+    return out
+
+
+def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dict[str, Any]:
+    from malpi.link.client import RobotClient
+
+    if not bundles:
+        return {"reload_missed_periods": None, "reload_max_period_ms": None, "reloads": 0}
+    client = RobotClient(
+        command=link.command_endpoint, telemetry=link.telemetry_endpoint, insecure=True
+    )
+    per_bundle: dict[str, Any] = {}
+    windows: list[tuple[float, float]] = []
+    try:
+        client.set_mode("auto")
+        time.sleep(1.0)
+        missed_before = robot.loop.stats.missed_periods
+        for name, data in bundles:
+            load_ms = []
+            for _ in range(reloads):
+                t0 = time.monotonic()
+                reply = client.load_policy(data, timeout=300)
+                windows.append((t0, time.monotonic()))
+                load_ms.append(reply.load_ms)
+                time.sleep(0.3)
+            per_bundle[name] = {"bytes": len(data), "load_ms_median": _pct(load_ms, 50)}
+        time.sleep(0.2)
+        missed = robot.loop.stats.missed_periods - missed_before
+    finally:
+        client.close()
+    starts = np.array([h["start"] for h in history])
+    intervals = np.diff(starts) * 1000
+    during = [
+        intervals[i - 1]
+        for i in range(1, len(starts))
+        if any(a <= starts[i] <= b + 2 / rate_hz for a, b in windows)
+    ]
+    return {
+        "reloads": len(windows),
+        "reload_missed_periods": int(missed),
+        "reload_max_period_ms": round(float(max(during)), 3) if during else None,
+        "reload_period_p99_ms": _pct(during, 99),
+        "reload_bundles": per_bundle,
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"Link on loopback, daemon on the simulator at {r['rate_hz']:g} Hz (policy {r.get('policy')})",
+        f"{'command round trip':<28}{'median ms':>12}{'p99 ms':>10}",
+    ]
+    for prefix, label in (("rtt", "plain"), ("rtt_curve", "CURVE")):
+        for cmd in ("ping", "drive"):
+            lines.append(
+                f"{cmd + ' (' + label + ')':<28}{f(r.get(f'{prefix}_{cmd}_median_ms')):>12}"
+                f"{f(r.get(f'{prefix}_{cmd}_p99_ms')):>10}"
+            )
+    lines.append(f"{'telemetry to one subscriber':<28}{'msgs/s':>12}{'MB/s':>10}{'bytes':>8}")
+    for name in ("step", "frame"):
+        lines.append(
+            f"{name:<28}{f(r.get(f'telemetry_{name}_msgs_per_s')):>12}"
+            f"{f(r.get(f'telemetry_{name}_mb_per_s')):>10}{f(r.get(f'telemetry_{name}_bytes')):>8}"
+        )
+    lines.append(
+        f"hot reload while driving: {r.get('reloads')} loads, missed periods "
+        f"{f(r.get('reload_missed_periods'))}, longest period {f(r.get('reload_max_period_ms'))} ms "
+        f"(target {1000 / r['rate_hz']:.1f} ms), p99 {f(r.get('reload_period_p99_ms'))} ms"
+    )
+    for name, b in (r.get("reload_bundles") or {}).items():
+        lines.append(
+            f"  {name} bundle {b['bytes'] / 1e6:.1f} MB: validated and built in "
+            f"{f(b['load_ms_median'])} ms (median), off the control thread"
+        )
+    return "\n".join(lines)

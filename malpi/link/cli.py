@@ -1,0 +1,273 @@
+"""``malpi teleop``, ``malpi telemetry``, ``malpi push``, ``malpi keys`` and ``malpi bench link``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(commands, bench) -> None:
+    t = commands.add_parser("teleop", help="watch and drive the robot in a window (pygame)")
+    _connection_args(t)
+    t.add_argument("--size", default="640x480", help="video size in the window (default 640x480)")
+    t.add_argument(
+        "--drive-hz", type=float, default=20.0, help="drive commands per second while held (>= 10)"
+    )
+    t.add_argument("--seconds", type=float, help="close the window after this many seconds")
+    t.add_argument("--screenshot", metavar="PNG", help="save a screenshot when the window closes")
+    t.set_defaults(func=cmd_teleop)
+
+    m = commands.add_parser(
+        "telemetry", help="print the robot's telemetry, one JSON object per line"
+    )
+    _connection_args(m)
+    m.add_argument(
+        "--topic",
+        action="append",
+        choices=("step", "frame", "status", "event"),
+        help="a topic to print (repeatable; default: step, status, event)",
+    )
+    m.add_argument("--count", type=int, help="stop after this many messages")
+    m.add_argument("--seconds", type=float, help="stop after this many seconds")
+    m.add_argument("--frame-data", action="store_true", help="include frames' JPEG bytes (base64)")
+    m.set_defaults(func=cmd_telemetry)
+
+    p = commands.add_parser("push", help="load a policy bundle into the running robot")
+    _connection_args(p)
+    p.add_argument("bundle", nargs="?", help="the .malpi bundle file")
+    p.add_argument("--rollback", action="store_true", help="return to the previous policy instead")
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=cmd_push)
+
+    k = commands.add_parser("keys", help="CURVE keys: the robot's, its clients', trusted robots")
+    sub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = sub.add_parser("init", help="create a key pair (a client's, or the daemon's --server)")
+    init.add_argument(
+        "--server", action="store_true", help="the daemon's key pair, in link.keys_dir"
+    )
+    init.add_argument("--name", help="key name (default: client, or server with --server)")
+    init.add_argument("--dir", help="key directory (default: link.keys_dir)")
+    init.add_argument("--force", action="store_true", help="replace an existing key pair")
+    _config_args(init)
+    init.set_defaults(func=cmd_keys_init)
+    auth = sub.add_parser("authorize", help="let a client in: add its public key")
+    auth.add_argument("key", help="the client's .key file, or its 40-character public key")
+    auth.add_argument("--name", help="name to keep it under (default: the file's name)")
+    auth.add_argument("--dir", help="authorised-keys directory (default: from the config)")
+    _config_args(auth)
+    auth.set_defaults(func=cmd_keys_authorize)
+    rev = sub.add_parser("revoke", help="remove an authorised client key")
+    rev.add_argument("name")
+    rev.add_argument("--dir", help="authorised-keys directory (default: from the config)")
+    _config_args(rev)
+    rev.set_defaults(func=cmd_keys_revoke)
+    lst = sub.add_parser("list", help="list key pairs, authorised clients and trusted robots")
+    lst.add_argument("--dir", help="key directory (default: link.keys_dir)")
+    _config_args(lst)
+    lst.set_defaults(func=cmd_keys_list)
+    tr = sub.add_parser("trust", help="remember a robot's public key (client side)")
+    tr.add_argument("host", help="the robot's host name or address, as given to malpi teleop")
+    tr.add_argument("key", help="the robot's server.key file, or its 40-character public key")
+    tr.add_argument("--dir", help="key directory (default: ~/.config/malpi/keys)")
+    tr.set_defaults(func=cmd_keys_trust)
+
+    b = bench.add_parser(
+        "link", help="command round trip (plain, CURVE), telemetry throughput, reload stall"
+    )
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    b.add_argument("--requests", type=int, default=2000, help="round trips per case")
+    b.add_argument("--reloads", type=int, default=5, help="bundles loaded while driving")
+    b.set_defaults(func=cmd_bench_link)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("host", help="the robot: HOST, HOST:PORT (command port) or tcp://HOST:PORT")
+    p.add_argument("--telemetry-port", type=int, help="default: the command port + 1 (5556)")
+    p.add_argument("--server-key", metavar="FILE", help="the robot's public key (server.key)")
+    p.add_argument("--client-key", metavar="FILE", help="this client's key_secret file")
+    p.add_argument("--keys-dir", metavar="DIR", help="default: ~/.config/malpi/keys")
+    p.add_argument("--insecure", action="store_true", help="no CURVE, even if a key is known")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    from malpi.daemon.cli import _config_args as daemon_config_args
+
+    daemon_config_args(p)
+
+
+def _client(args):
+    from malpi.link.client import RobotClient
+
+    return RobotClient(
+        args.host,
+        telemetry=None if not args.telemetry_port else _telemetry(args),
+        server_key=args.server_key,
+        client_key=args.client_key,
+        keys=args.keys_dir,
+        insecure=args.insecure,
+        timeout=args.timeout,
+    )
+
+
+def _telemetry(args) -> str:
+    from malpi.link.address import endpoints_for
+
+    return endpoints_for(args.host, telemetry_port=args.telemetry_port)[1]
+
+
+def cmd_teleop(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    from malpi.link.teleop import Teleop
+
+    w, _, h = args.size.partition("x")
+    with _client(args) as client:
+        ui = Teleop(
+            client, size=(int(w), int(h)), drive_hz=args.drive_hz, title=f"MaLPi - {args.host}"
+        )
+        return ui.run(seconds=args.seconds, screenshot=args.screenshot)
+
+
+def cmd_telemetry(args: argparse.Namespace) -> int:
+    import msgspec
+
+    topics = args.topic or ["step", "status", "event"]
+    out = sys.stdout
+    with _client(args) as client:
+        try:
+            for topic, msg in client.telemetry(topics, seconds=args.seconds, count=args.count):
+                d = msgspec.to_builtins(msg)
+                if topic == "frame" and not args.frame_data:
+                    d["data"] = None
+                    d["bytes"] = len(msg.data)
+                out.write(msgspec.json.encode({"topic": topic, **d}).decode() + "\n")
+                out.flush()
+        except BrokenPipeError:  # `malpi telemetry ... | head`
+            return 0
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from malpi.link.client import RobotError
+
+    if not args.rollback and not args.bundle:
+        raise SystemExit("malpi push: give a BUNDLE file, or --rollback")
+    with _client(args) as client:
+        try:
+            if args.rollback:
+                reply = client.rollback_policy()
+            else:
+                data = Path(args.bundle).read_bytes()
+                print(f"sending {args.bundle} ({len(data) / 1e6:.1f} MB)...", file=sys.stderr)
+                reply = client.load_policy(data)
+        except RobotError as exc:
+            if args.json:
+                print(
+                    msgspec.json.encode(
+                        {"type": "error", "code": exc.code, "message": exc.message}
+                    ).decode()
+                )
+            else:
+                print(f"refused ({exc.code}): {exc.message}")
+            return 1
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return 0
+    verb = "rolled back to" if args.rollback else "running"
+    print(f"{verb} {reply.version} (was {reply.previous}); episode {reply.episode}")
+    print(f"validated and built in {reply.load_ms:.0f} ms off the control loop")
+    print(
+        "kept for the next boot" if reply.persisted else f"NOT kept for the next boot: {reply.note}"
+    )
+    return 0
+
+
+def _link_config(args):
+    from malpi.daemon.cli import load_from_args
+
+    return load_from_args(args).link
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from malpi.link.keys import CLIENT, DEFAULT_KEYS_DIR, SERVER, init_keys
+
+    name = args.name or (SERVER if args.server else CLIENT)
+    directory = args.dir or (_link_config(args).keys_dir if args.server else DEFAULT_KEYS_DIR)
+    info = init_keys(directory, name, force=args.force)
+    print(f"created {info.path} (public) and {info.path}_secret (keep it private)")
+    print(f"public key: {info.public}")
+    if args.server:
+        print("next: set link.curve = true; copy this server.key to each operator's machine")
+        print("      (malpi keys trust ROBOT server.key) and authorise their client.key here")
+        print("      (malpi keys authorize client.key --name laptop)")
+    else:
+        print("next: authorise it on the robot:  malpi keys authorize client.key --name NAME")
+        print("      and trust the robot here:   malpi keys trust ROBOT server.key")
+    return 0
+
+
+def _authorized(args) -> str:
+    from malpi.link.keys import authorized_dir
+
+    if args.dir:
+        return args.dir
+    link = _link_config(args)
+    return str(authorized_dir(link.keys_dir, link.authorized_keys))
+
+
+def cmd_keys_authorize(args: argparse.Namespace) -> int:
+    from malpi.link.keys import authorize
+
+    info = authorize(args.key, _authorized(args), args.name)
+    print(f"authorised {info.name}: {info.public} ({info.path})")
+    print("it can connect from its next connection on; no restart needed")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from malpi.link.keys import revoke
+
+    path = revoke(args.name, _authorized(args))
+    print(f"revoked {args.name} ({path} removed); it is refused from its next connection")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from malpi.link.keys import authorized_dir, keys_dir, list_keys
+
+    link = _link_config(args)
+    d = keys_dir(args.dir or link.keys_dir)
+    auth = authorized_dir(d, None if args.dir else link.authorized_keys)
+    sections = [
+        ("key pairs", d),
+        ("authorised clients", auth),
+        ("trusted robots", d / "servers"),
+    ]
+    for title, directory in sections:
+        keys = list_keys(directory)
+        print(f"{title} ({directory}): {len(keys) or 'none'}")
+        for k in keys:
+            secret = "  + secret" if k.has_secret else ""
+            print(f"  {k.name:<20} {k.public}{secret}")
+    return 0
+
+
+def cmd_keys_trust(args: argparse.Namespace) -> int:
+    from malpi.link.keys import DEFAULT_KEYS_DIR, trust
+
+    info = trust(args.host, args.key, args.dir or DEFAULT_KEYS_DIR)
+    print(f"trusting {args.host}: {info.public} ({info.path}); clients now connect with CURVE")
+    return 0
+
+
+def cmd_bench_link(args: argparse.Namespace) -> int:
+    from malpi.link import bench
+
+    bench.run(rate_hz=args.rate, requests=args.requests, reloads=args.reloads, json_path=args.json)
+    return 0

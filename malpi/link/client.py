@@ -1,0 +1,241 @@
+"""A Python client for the robot's link, shared by ``malpi teleop``, ``telemetry`` and ``push``.
+
+    with RobotClient("robot.local") as robot:
+        print(robot.status().mode)
+        robot.set_mode("manual")
+        robot.drive(2)                       # an index into robot.status().actions
+        for topic, msg in robot.telemetry(["step", "event"], seconds=5):
+            ...
+
+Commands go over a DEALER socket (one outstanding request at a time per
+client; a late reply to an earlier, timed-out request is discarded by id).
+Telemetry comes from a SUB socket opened on first use.
+
+Security: CURVE is used when the robot's public key is known (``server_key``,
+or ``<keys_dir>/servers/HOST.key``, or this machine's own daemon key
+``<keys_dir>/server.key``), with this client's key pair
+``<keys_dir>/client.key_secret``; otherwise the link is plain, which a
+robot with CURVE simply never answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from malpi.link import schema
+from malpi.link.address import endpoints_for
+from malpi.link.keys import CLIENT, apply_client_curve, keys_dir, load_public, server_key_for
+
+log = logging.getLogger(__name__)
+
+
+class RobotError(RuntimeError):
+    """The robot answered with an error reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class LinkTimeout(TimeoutError):
+    """No reply in time: the robot is down, or (with CURVE) this client is not authorised."""
+
+
+class RobotClient:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        command: str | None = None,
+        telemetry: str | None = None,
+        server_key: str | os.PathLike | bytes | None = None,
+        client_key: str | os.PathLike | None = None,
+        keys: str | os.PathLike | None = None,
+        insecure: bool = False,
+        timeout: float = 2.0,
+        context: zmq.Context | None = None,
+    ):
+        default_cmd, default_tel = endpoints_for(host)
+        self.command_endpoint = command or default_cmd
+        self.telemetry_endpoint = telemetry or default_tel
+        self.timeout = timeout
+        self._ctx = context or zmq.Context.instance()
+        self._curve = None if insecure else _curve_keys(host, server_key, client_key, keys)
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._last_seq = 0
+        self._sub: zmq.Socket | None = None
+        self._sock = self._socket(zmq.DEALER)
+        self._sock.connect(self.command_endpoint)
+
+    @property
+    def curve(self) -> bool:
+        return self._curve is not None
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            server_public, secret_file = self._curve
+            apply_client_curve(sock, server_public, secret_file)
+        return sock
+
+    # -- commands ------------------------------------------------------------------
+
+    def request(self, msg: schema.Request, timeout: float | None = None) -> Any:
+        """Send one command and return its reply; RobotError for an error reply."""
+        with self._lock:
+            self._next_id += 1
+            msg.id = self._next_id
+            self._sock.send(schema.encode(msg))
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sock.poll(remaining * 1000, zmq.POLLIN):
+                    raise LinkTimeout(
+                        f"no reply from {self.command_endpoint} within "
+                        f"{self.timeout if timeout is None else timeout:g} s (robot down"
+                        + (", or this client's key not authorised)" if self.curve else ")")
+                    )
+                frames = self._sock.recv_multipart()
+                try:
+                    reply = schema.decode_reply(frames[-1])
+                except Exception as exc:
+                    log.warning("undecodable reply ignored: %s", exc)
+                    continue
+                if reply.id != msg.id:
+                    continue  # a late reply to an earlier request that timed out
+                if isinstance(reply, schema.ErrorReply):
+                    raise RobotError(reply.code, reply.message)
+                return reply
+
+    def ping(self) -> schema.Pong:
+        return self.request(schema.Ping(v=schema.PROTOCOL_VERSION))
+
+    def status(self) -> schema.StatusReply:
+        return self.request(schema.GetStatus(v=schema.PROTOCOL_VERSION))
+
+    def set_mode(self, mode: str) -> schema.ModeReply:
+        return self.request(schema.SetMode(v=schema.PROTOCOL_VERSION, mode=mode))
+
+    def drive(
+        self, action: int | None, seq: int | None = None, timeout: float | None = None
+    ) -> schema.DriveReply:
+        """Drive with an action index (None = stop). Repeat at >= 10 Hz: the deadman stops the car.
+
+        Sequence numbers are microseconds since the epoch by default, so a new
+        session is never mistaken for a stale one.
+        """
+        if seq is None:
+            seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        self._last_seq = seq
+        return self.request(
+            schema.Drive(v=schema.PROTOCOL_VERSION, action=action, seq=seq), timeout
+        )
+
+    def reset_episode(self) -> schema.EpisodeReply:
+        return self.request(schema.ResetEpisode(v=schema.PROTOCOL_VERSION))
+
+    def end_episode(
+        self, outcome: str = "failed", final_reward: float | None = None
+    ) -> schema.EndEpisodeReply:
+        return self.request(
+            schema.EndEpisode(v=schema.PROTOCOL_VERSION, outcome=outcome, final_reward=final_reward)
+        )
+
+    def record(self, on: bool) -> schema.RecordReply:
+        return self.request(schema.Record(v=schema.PROTOCOL_VERSION, on=on))
+
+    def load_policy(self, bundle: bytes | str | os.PathLike, timeout: float = 120.0):
+        data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
+        return self.request(schema.LoadPolicy(v=schema.PROTOCOL_VERSION, bundle=data), timeout)
+
+    def rollback_policy(self, timeout: float = 120.0):
+        return self.request(schema.RollbackPolicy(v=schema.PROTOCOL_VERSION), timeout)
+
+    # -- telemetry -------------------------------------------------------------------
+
+    def subscribe(self, topics: Iterable[str] = schema.TOPICS) -> None:
+        """Open the telemetry socket (once) and subscribe to ``topics``."""
+        if self._sub is None:
+            self._sub = self._socket(zmq.SUB)
+            self._sub.setsockopt(zmq.RCVHWM, 100)
+            self._sub.connect(self.telemetry_endpoint)
+        for t in topics:
+            if t not in schema.TOPICS:
+                raise ValueError(f"unknown topic {t!r}; topics: {', '.join(schema.TOPICS)}")
+            self._sub.setsockopt(zmq.SUBSCRIBE, t.encode())
+
+    def receive(self, timeout: float = 0.0) -> tuple[str, Any] | None:
+        """The next telemetry message as (topic, decoded message), or None within ``timeout``."""
+        if self._sub is None:
+            self.subscribe()
+        if not self._sub.poll(timeout * 1000, zmq.POLLIN):
+            return None
+        frames = self._sub.recv_multipart()
+        if len(frames) != 2:
+            log.warning("telemetry message of %d frames ignored", len(frames))
+            return None
+        topic = frames[0].decode("ascii", "replace")
+        try:
+            return topic, schema.decode_telemetry(topic, frames[1])
+        except Exception as exc:
+            log.warning("undecodable %s message ignored: %s", topic, exc)
+            return None
+
+    def telemetry(
+        self,
+        topics: Iterable[str] = schema.TOPICS,
+        seconds: float | None = None,
+        count: int | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """Telemetry messages as they arrive, for ``seconds`` or ``count`` messages (else forever)."""
+        self.subscribe(topics)
+        end = None if seconds is None else time.monotonic() + seconds
+        n = 0
+        while (end is None or time.monotonic() < end) and (count is None or n < count):
+            wait = 0.2 if end is None else max(0.0, min(0.2, end - time.monotonic()))
+            msg = self.receive(wait)
+            if msg is not None:
+                n += 1
+                yield msg
+
+    def close(self) -> None:
+        self._sock.close(0)
+        if self._sub is not None:
+            self._sub.close(0)
+
+    def __enter__(self) -> RobotClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _curve_keys(host, server_key, client_key, keys) -> tuple[bytes, Path] | None:
+    """(server public key, client secret file) when CURVE is to be used, else None."""
+    d = keys_dir(keys)
+    if isinstance(server_key, bytes):
+        server_public = server_key
+    else:
+        path = Path(server_key).expanduser() if server_key else server_key_for(_host(host), d)
+        if path is None:
+            return None
+        server_public = load_public(path)
+    secret = Path(client_key).expanduser() if client_key else d / f"{CLIENT}.key_secret"
+    return server_public, secret
+
+
+def _host(host: str) -> str:
+    """The host part of HOST, HOST:PORT or tcp://HOST:PORT (the name of its key file)."""
+    cmd, _ = endpoints_for(host)
+    return cmd[len("tcp://") :].rsplit(":", 1)[0].strip("[]")

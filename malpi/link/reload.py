@@ -1,0 +1,167 @@
+"""Hot reload: a new policy bundle validated and built off the control thread, swapped between periods.
+
+The control loop only ever sees a finished :class:`StepPolicy`: parsing,
+checksums, shape checks, the test steps of both LiteRT models and building
+the interpreter all happen here, on the link's load worker. The loop swaps it
+in between two periods (resetting the LSTM state and starting a new
+episode), so no period is missed. A rejected bundle leaves the running
+policy untouched; the reply and an ``event`` (``policy_rejected``) say why.
+
+Accepted bundles go into the policy store (bundle file first, history
+second, both atomic) and the daemon boots with the current one.
+``rollback`` returns to the policy before it, through the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from malpi.config import Config
+from malpi.daemon.loop import ControlLoop, DaemonStopped
+from malpi.link.schema import PolicyReply, ProtocolError, RollbackReply
+from malpi.link.store import Entry, PolicyStore
+from malpi.policy.bundle import BundleError, PolicyBundle
+from malpi.policy.runtime import StepPolicy
+
+log = logging.getLogger(__name__)
+
+SWAP_TIMEOUT = 5.0  # s: the loop applies commands every period, so this means it is stuck
+
+
+class PolicyManager:
+    """Loads, swaps, persists and rolls back policies for one running loop. One call at a time."""
+
+    def __init__(self, config: Config, loop: ControlLoop, source: str = ""):
+        self.config = config
+        self.loop = loop
+        self.store = PolicyStore(config.policy.store)
+        self.source = source  # where the running policy came from
+
+    # -- the commands ---------------------------------------------------------------
+
+    def load(self, data: bytes) -> PolicyReply:
+        t0 = time.perf_counter()
+        policy = self._build(data, what="bundle")
+        load_ms = (time.perf_counter() - t0) * 1000
+        running = self.loop.policy
+        persisted, note, history, entry = True, None, [], None
+        try:
+            history = self._history_with(running)
+            entry = self.store.put(policy.version, data)
+        except OSError as exc:  # a full or read-only disk must not stop a good policy
+            persisted, note = False, f"not persisted: {exc}"
+            log.warning("policy %s accepted but %s", policy.version, note)
+        result = self._swap(policy)
+        if persisted and entry is not None:
+            try:
+                self.store.commit([*history, entry])
+            except OSError as exc:
+                persisted, note = False, f"not persisted: {exc}"
+                log.warning("policy %s running but %s", policy.version, note)
+        self.source = "pushed over the link"
+        del running  # the old interpreter is freed here, not on the control thread
+        return PolicyReply(
+            version=result["version"],
+            previous=result["previous"],
+            episode=result["episode"],
+            load_ms=round(load_ms, 1),
+            persisted=persisted,
+            note=note,
+        )
+
+    def rollback(self) -> RollbackReply:
+        history = self.store.history()
+        running = self.loop.policy.version if self.loop.policy else None
+        # The store's last entry is normally the running policy; if the daemon booted from
+        # policy.path instead, "previous" is the store's current one.
+        index = len(history) - 1 if history and history[-1].label != running else len(history) - 2
+        if index < 0:
+            raise ProtocolError(
+                "refused", f"no previous policy to roll back to in {self.store.directory}"
+            )
+        target = history[index]
+        try:
+            data = self.store.read(target)
+        except OSError as exc:
+            raise self._reject(f"stored policy {target.file} cannot be read: {exc}") from exc
+        t0 = time.perf_counter()
+        policy = self._build(data, what=f"stored policy {target.file}")
+        load_ms = (time.perf_counter() - t0) * 1000
+        old = self.loop.policy
+        result = self._swap(policy)
+        persisted, note = True, None
+        try:
+            self.store.commit(history[: index + 1])
+        except OSError as exc:
+            persisted, note = False, f"the store still names the newer policy current: {exc}"
+            log.warning("rolled back to %s but %s", policy.version, note)
+        self.source = f"rolled back ({target.file})"
+        del old
+        return RollbackReply(
+            version=result["version"],
+            previous=result["previous"],
+            episode=result["episode"],
+            load_ms=round(load_ms, 1),
+            persisted=persisted,
+            note=note,
+        )
+
+    # -- the steps --------------------------------------------------------------------
+
+    def _build(self, data: bytes, what: str) -> StepPolicy:
+        """Validate completely and build the runtime; ProtocolError("rejected") says why not."""
+        c = self.config
+        try:
+            bundle = PolicyBundle.from_bytes(
+                data,
+                expected_actions=c.action_table,
+                expected_image=(c.camera.height, c.camera.width),
+            )
+        except BundleError as exc:
+            raise self._reject(str(exc) if what == "bundle" else f"{what}: {exc}") from exc
+        try:
+            return StepPolicy(
+                bundle,
+                backend=c.policy.backend,
+                sample=c.policy.sample,
+                num_threads=c.policy.num_threads,
+            )
+        except Exception as exc:
+            raise self._reject(f"the {c.policy.backend} runtime cannot run it: {exc}") from exc
+
+    def _swap(self, policy: StepPolicy) -> dict:
+        try:
+            return self.loop.swap_policy(policy).result(SWAP_TIMEOUT)
+        except DaemonStopped as exc:
+            raise ProtocolError("stopped", f"not loaded: {exc}") from exc
+        except FutureTimeout as exc:
+            raise ProtocolError(
+                "timeout",
+                f"the control loop did not swap the policy within {SWAP_TIMEOUT:g} s "
+                "(it may still do so)",
+            ) from exc
+
+    def _history_with(self, running: StepPolicy | None) -> list[Entry]:
+        """The store's history, ending with the running policy so that a rollback can return to it."""
+        history = self.store.history()
+        if running is not None and (not history or history[-1].label != running.version):
+            note = f"running ({self.source or 'at boot'}) when a new policy arrived"
+            history.append(self.store.put(running.version, running.bundle.to_bytes(), note))
+        return history
+
+    def _reject(self, reason: str) -> ProtocolError:
+        log.warning("policy rejected: %s", reason)
+        running = self.loop.policy.version if self.loop.policy else None
+        # Published from the control thread, as every telemetry sink expects.
+        self.loop.submit(
+            lambda: self.loop.telemetry.event(
+                "policy_rejected",
+                f"policy rejected, still running {running}: {reason}",
+                logging.WARNING,
+                reason=reason,
+                running=running,
+            )
+        )
+        return ProtocolError("rejected", reason)

@@ -1,0 +1,443 @@
+"""Every message the link carries, defined once: commands, replies and telemetry.
+
+Messages are msgpack maps (msgspec Structs). A command is one map with a
+``type`` naming it, the protocol version ``v`` and a client-chosen ``id``; its
+reply has the same ``type`` (or ``error``) and echoes ``id``. Telemetry is a
+two-frame message: the topic, then a map. ``docs/protocol.md`` describes the
+framing and every field for clients written in other languages; this module
+is the reference it is checked against.
+
+Decoding validates completely. Anything malformed, of an unknown type, of
+another protocol version or too large raises :class:`ProtocolError`, which
+carries the error code the server replies with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PROTOCOL_VERSION = 1
+MAX_COMMAND_BYTES = 64 * 1024  # any request but load_policy
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # the policy bundle's own limit (malpi.policy.bundle)
+
+TOPICS = ("step", "frame", "status", "event")
+
+ErrorCode = Literal[
+    "malformed",  # not msgpack, not a map, or the wrong number of frames
+    "unknown_type",  # no ``type``, or one this server does not know
+    "invalid",  # a known type with missing, extra or wrongly typed fields, or values out of range
+    "bad_version",  # ``v`` is not this server's protocol version
+    "too_large",  # over MAX_COMMAND_BYTES (or a bundle over MAX_BUNDLE_BYTES)
+    "busy",  # a policy load or rollback is already running
+    "rejected",  # the policy bundle failed validation; the running policy is untouched
+    "refused",  # valid, but not possible now (e.g. recording not configured, nothing to roll back to)
+    "timeout",  # the control loop did not carry the command out in time
+    "stopped",  # the daemon is shutting down
+    "internal",  # a bug; the message says what failed
+]
+ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
+
+Mode = Literal["paused", "manual", "auto"]
+Outcome = Literal["finished", "failed", "aborted"]
+UInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+ActionIndex = Annotated[int, Meta(ge=0, le=255)]
+
+
+class ProtocolError(Exception):
+    """A request that cannot be carried out; ``code`` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- commands (client -> robot) ---------------------------------------------------------
+
+
+class Request(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    v: int  # the protocol version the client speaks; must equal PROTOCOL_VERSION
+    id: UInt = 0  # chosen by the client, echoed in the reply
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class GetStatus(Request, tag="status"):
+    pass
+
+
+class SetMode(Request, tag="set_mode"):
+    mode: Mode
+
+
+class Drive(Request, tag="drive"):
+    action: ActionIndex | None  # an index into the action table; None (nil) = stop
+    seq: UInt  # must increase from one drive command to the next (stale ones are ignored)
+
+
+class ResetEpisode(Request, tag="reset_episode"):
+    pass
+
+
+class EndEpisode(Request, tag="end_episode"):
+    outcome: Outcome  # "failed" marks the episode's last step terminal (the car crashed)
+    final_reward: float | None = None  # added to the last step's reward by the trainer
+
+
+class Record(Request, tag="record"):
+    on: bool
+
+
+class LoadPolicy(Request, tag="load_policy"):
+    bundle: bytes  # a complete policy bundle file (msgpack bin)
+
+
+class RollbackPolicy(Request, tag="rollback_policy"):
+    pass
+
+
+REQUEST_TYPES = (
+    Ping,
+    GetStatus,
+    SetMode,
+    Drive,
+    ResetEpisode,
+    EndEpisode,
+    Record,
+    LoadPolicy,
+    RollbackPolicy,
+)
+AnyRequest = (
+    Ping
+    | GetStatus
+    | SetMode
+    | Drive
+    | ResetEpisode
+    | EndEpisode
+    | Record
+    | LoadPolicy
+    | RollbackPolicy
+)
+REQUEST_TAGS = tuple(t.__struct_config__.tag for t in REQUEST_TYPES)
+
+
+# -- replies (robot -> client) ----------------------------------------------------------
+
+
+class Reply(Struct, tag_field="type", kw_only=True):
+    v: int = PROTOCOL_VERSION
+    id: int = 0  # the request's id
+
+
+class ActionInfo(Struct, kw_only=True):
+    name: str
+    steering: float
+    throttle: float
+
+
+class RecorderInfo(Struct, kw_only=True):
+    written: int  # steps committed
+    dropped: int  # steps dropped (queue full or writer failed)
+    queue: int  # steps waiting to be written
+
+
+class Pong(Reply, tag="ping"):
+    server_time: float  # the robot's wall clock (Unix seconds)
+
+
+class StatusReply(Reply, tag="status"):
+    mode: Mode
+    episode: int
+    step: int
+    recording: bool
+    policy_version: str | None
+    policy_source: str | None  # where the running policy came from
+    rate_hz: float
+    periods: int
+    missed_periods: int
+    faults: dict[str, str]  # active fault -> reason
+    actions: list[ActionInfo]  # the action table: drive's ``action`` indexes it
+    recorder: RecorderInfo | None = None
+    cpu_temp_c: float | None = None
+    curve: bool = False  # the link is encrypted and authenticated
+    server_time: float = 0.0
+
+
+class ModeReply(Reply, tag="set_mode"):
+    mode: Mode
+    previous: Mode
+    rearmed: list[str]  # latched faults cleared by choosing the mode
+
+
+class DriveReply(Reply, tag="drive"):
+    accepted: bool
+    mode: Mode
+    reason: str | None = None  # why not accepted
+
+
+class EpisodeReply(Reply, tag="reset_episode"):
+    episode: int  # the new episode's number
+
+
+class EndEpisodeReply(Reply, tag="end_episode"):
+    episode: int  # the new episode's number
+    ended: int | None  # the recorder's id of the episode that ended (None if not recording)
+    outcome: Outcome
+
+
+class RecordReply(Reply, tag="record"):
+    recording: bool
+    episode: int
+
+
+class PolicyReply(Reply, tag="load_policy"):
+    version: str  # the running policy now, e.g. "v3-1a2b3c4d"
+    previous: str | None
+    episode: int  # the new episode started with it
+    load_ms: float  # validating and building it, off the control loop
+    persisted: bool  # kept in the policy store, used at the next boot
+    note: str | None = None  # e.g. why it was not persisted
+
+
+class RollbackReply(PolicyReply, tag="rollback_policy"):
+    pass
+
+
+class ErrorReply(Reply, tag="error"):
+    code: ErrorCode
+    message: str
+
+
+AnyReply = (
+    Pong
+    | StatusReply
+    | ModeReply
+    | DriveReply
+    | EpisodeReply
+    | EndEpisodeReply
+    | RecordReply
+    | PolicyReply
+    | RollbackReply
+    | ErrorReply
+)
+
+
+# -- telemetry (robot -> subscribers; frame 1 = topic, frame 2 = one of these) -----------
+
+
+class StepMsg(Struct, kw_only=True):
+    v: int
+    t: float  # wall clock (Unix seconds)
+    episode: int
+    step: int
+    mode: Mode
+    action: int | None  # what the motors got; None = stopped
+    source: str | None  # "policy", "human", "intervention"; None when stopped
+    probs: list[float] | None  # the policy's action probabilities (None when it did not run)
+    value: float | None
+    faults: list[str]
+    latency_ms: dict[str, float]  # per stage of this period (capture_wait, inference, ...)
+
+
+class FrameMsg(Struct, kw_only=True):
+    v: int
+    t: float  # capture time, wall clock
+    index: int  # the camera's frame counter
+    episode: int
+    step: int
+    width: int
+    height: int
+    encoding: Literal["jpeg"]
+    data: bytes
+
+
+class StatusMsg(Struct, kw_only=True):
+    v: int
+    t: float
+    mode: Mode
+    episode: int
+    step: int
+    recording: bool
+    policy_version: str | None
+    rate_hz: float
+    periods: int
+    missed_periods: int
+    faults: dict[str, str]
+    recorder: RecorderInfo | None = None
+    cpu_temp_c: float | None = None
+
+
+class EventMsg(Struct, kw_only=True):
+    v: int
+    t: float
+    kind: str  # started, stopped, mode, episode_reset, policy_loaded, policy_rejected, ...
+    message: str  # for people
+    details: dict[str, Any]  # the event's own fields (fault, mode, previous, version, ...)
+
+
+TELEMETRY_TYPES: dict[str, type[Struct]] = {
+    "step": StepMsg,
+    "frame": FrameMsg,
+    "status": StatusMsg,
+    "event": EventMsg,
+}
+
+
+# -- encoding and decoding ---------------------------------------------------------------
+
+
+def _enc_hook(obj: Any) -> Any:
+    """numpy scalars and anything else unexpected in an event's details."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_request_decoder = msgspec.msgpack.Decoder(AnyRequest)
+_reply_decoder = msgspec.msgpack.Decoder(AnyReply)
+_telemetry_decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TELEMETRY_TYPES.items()}
+
+
+class _Head(Struct):
+    """Just enough of a request to judge a large one without decoding its fields."""
+
+    type: str = ""
+
+
+_head_decoder = msgspec.msgpack.Decoder(_Head)
+
+
+def encode(msg: Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_request(data: bytes) -> AnyRequest:
+    """A validated request, or ProtocolError with the code to reply with."""
+    if len(data) > MAX_COMMAND_BYTES:
+        try:
+            kind = _head_decoder.decode(data).type
+        except (msgspec.DecodeError, RecursionError):
+            kind = ""
+        if kind != "load_policy":
+            raise ProtocolError(
+                "too_large", f"request of {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}"
+            )
+        if len(data) > MAX_BUNDLE_BYTES + 1024:
+            raise ProtocolError(
+                "too_large",
+                f"load_policy of {len(data)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES}",
+            )
+    try:
+        request = _request_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _classify(data, exc) from None
+    if request.v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "bad_version",
+            f"protocol version {request.v}; this robot speaks version {PROTOCOL_VERSION}",
+        )
+    reward = getattr(request, "final_reward", None)
+    if reward is not None and not math.isfinite(reward):
+        raise ProtocolError("invalid", "final_reward must be finite - at `$.final_reward`")
+    return request
+
+
+def _classify(data: bytes, exc: Exception) -> ProtocolError:
+    """Why a request failed to decode, as the most specific error code."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except (msgspec.DecodeError, RecursionError) as e:
+        return ProtocolError("malformed", f"not a msgpack message: {e}")
+    if not isinstance(raw, dict):
+        return ProtocolError("malformed", f"a request is a msgpack map, got {type(raw).__name__}")
+    v = raw.get("v")
+    if isinstance(v, int) and not isinstance(v, bool) and v != PROTOCOL_VERSION:
+        return ProtocolError(
+            "bad_version", f"protocol version {v}; this robot speaks version {PROTOCOL_VERSION}"
+        )
+    kind = raw.get("type")
+    if kind is None:
+        return ProtocolError("unknown_type", "the request has no 'type'")
+    if not isinstance(kind, str) or kind not in REQUEST_TAGS:
+        return ProtocolError(
+            "unknown_type",
+            f"unknown request type {kind!r}; known: {', '.join(REQUEST_TAGS)}",
+        )
+    return ProtocolError("invalid", f"{kind}: {exc}")
+
+
+def error_reply(code: str, message: str, request_id: int = 0) -> bytes:
+    return encode(ErrorReply(id=request_id, code=code, message=message))  # type: ignore[arg-type]
+
+
+def decode_reply(data: bytes) -> AnyReply:
+    return _reply_decoder.decode(data)
+
+
+def encode_telemetry(topic: str, payload: dict[str, Any], **extra: Any) -> bytes:
+    """The loop's telemetry dict for ``topic`` as its wire message (ValueError if it does not fit)."""
+    p = payload
+    if topic == "step":
+        msg: Struct = StepMsg(
+            v=PROTOCOL_VERSION,
+            t=p["t"],
+            episode=p["episode"],
+            step=p["step"],
+            mode=p["mode"],
+            action=p["action"],
+            source=p["source"],
+            probs=p["probs"],
+            value=p["value"],
+            faults=p["faults"],
+            latency_ms=p["latency_ms"],
+        )
+    elif topic == "status":
+        rec = p.get("recorder")
+        msg = StatusMsg(
+            v=PROTOCOL_VERSION,
+            t=p["t"],
+            mode=p["mode"],
+            episode=p["episode"],
+            step=p["step"],
+            recording=p["recording"],
+            policy_version=p["policy_version"],
+            rate_hz=p["rate_hz"],
+            periods=p["periods"],
+            missed_periods=p["missed_periods"],
+            faults=p["faults"],
+            recorder=RecorderInfo(**rec) if rec else None,
+            cpu_temp_c=extra.get("cpu_temp_c"),
+        )
+    elif topic == "event":
+        details = {k: v for k, v in p.items() if k not in ("t", "kind", "message")}
+        msg = EventMsg(
+            v=PROTOCOL_VERSION,
+            t=p.get("t", time.time()),
+            kind=p["kind"],
+            message=p["message"],
+            details=details,
+        )
+    else:
+        raise ValueError(f"no wire message for telemetry topic {topic!r}")
+    return _encoder.encode(msg)
+
+
+def decode_telemetry(topic: str, data: bytes) -> Struct:
+    try:
+        decoder = _telemetry_decoders[topic]
+    except KeyError:
+        raise ValueError(f"unknown telemetry topic {topic!r}") from None
+    return decoder.decode(data)
+
+
+def to_builtins(msg: Struct) -> dict[str, Any]:
+    """A message as plain JSON-able Python (bytes as base64), for scripts and logs."""
+    return msgspec.to_builtins(msg)
