@@ -64,6 +64,17 @@ def wait_until(cond, timeout: float = 5.0, interval: float = 0.002) -> float:
     return time.monotonic() - t0
 
 
+class SlowBackend:
+    """A policy backend that takes ``factor`` control periods per step: an overrunning loop."""
+
+    def __init__(self, inner, factor: float):
+        self.inner, self.factor = inner, factor
+
+    def run(self, *args):
+        time.sleep(PERIOD * self.factor)
+        return self.inner.run(*args)
+
+
 class Events:
     """A telemetry sink that keeps every message."""
 

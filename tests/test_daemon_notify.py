@@ -5,7 +5,14 @@ import socket
 import time
 
 import pytest
-from daemon_helpers import PERIOD, make_policy_file, moving, robot_config, running_robot, wait_until
+from daemon_helpers import (
+    SlowBackend,
+    make_policy_file,
+    moving,
+    robot_config,
+    running_robot,
+    wait_until,
+)
 
 from malpi.daemon.notify import Notifier
 
@@ -65,18 +72,10 @@ def test_daemon_speaks_the_protocol_and_feeds_the_watchdog_only_while_healthy(tm
         assert len(pings) >= 3  # every 0.1 s (a third of WATCHDOG_USEC) while healthy
         assert any("paused" in f.get("STATUS", "") for _, f in notify.drain())
 
-        class Slow:
-            def __init__(self, inner):
-                self.inner = inner
-
-            def run(self, *a):
-                time.sleep(PERIOD * 1.6)
-                return self.inner.run(*a)
-
         robot.loop.set_mode("auto").result(2)
         wait_until(lambda: moving(factory))
         fast = robot.loop.policy._backend
-        robot.loop.policy._backend = Slow(fast)
+        robot.loop.policy._backend = SlowBackend(fast, 1.6)
         time.sleep(0.15)
         n_before = len(notify.with_key("WATCHDOG"))
         time.sleep(0.6)  # overrunning every period: no watchdog pings at all

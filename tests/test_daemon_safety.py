@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from daemon_helpers import (
     PERIOD,
+    SlowBackend,
     duty,
     make_policy_file,
     moving,
@@ -149,17 +150,9 @@ def test_camera_thread_crash_stops(config):
 
 
 def test_overrunning_loop_stops_and_starves_the_watchdog(config):
-    class Slow:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def run(self, *a):
-            time.sleep(PERIOD * 1.5)
-            return self.inner.run(*a)
-
     with running_robot(config) as (robot, factory, events, _):
         drive_auto(robot, factory)
-        robot.loop.policy._backend = Slow(robot.loop.policy._backend)
+        robot.loop.policy._backend = SlowBackend(robot.loop.policy._backend, 1.5)
         n = config.safety.max_overruns
         wait_until(lambda: not moving(factory), (n + 2) * PERIOD * 1.5 + 0.5)
         assert f"{n} times in a row" in events.safety_stop("overrun")["message"]
