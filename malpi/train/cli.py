@@ -1,0 +1,448 @@
+"""``malpi train demos|bc|dagger|default|compare|plot`` and ``malpi eval``.
+
+Registration imports nothing heavy; each handler imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(commands, bench) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train policies: demonstrations, behaviour cloning, DAgger, the default policy",
+    )
+    sub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
+
+    d = sub.add_parser("demos", help="record expert demonstrations in the simulator (SQLite)")
+    d.add_argument("--out", required=True, help="episode database to write (appends)")
+    d.add_argument("--tracks", default="0-59", help="training track seeds, e.g. 0-59 or 3,7,9")
+    d.add_argument("--steps", type=int, default=600, help="control steps per episode (default 600)")
+    d.add_argument("--episodes-per-track", type=int, default=1)
+    d.add_argument("--perturb", type=float, default=0.04, help="chance per step of a perturbation")
+    d.add_argument("--perturb-steps", type=int, default=3, help="a perturbation lasts 1..N steps")
+    _sim_args(d)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demos)
+
+    b = sub.add_parser("bc", help="behaviour cloning on recorded episodes -> a policy bundle")
+    b.add_argument(
+        "--data", nargs="+", required=True, help="episode databases (.sqlite) or sim demos (.npz)"
+    )
+    b.add_argument("--out", required=True, help="policy bundle to write")
+    _train_args(b)
+    b.set_defaults(func=cmd_bc)
+
+    g = sub.add_parser("dagger", help="DAgger in the simulator from a policy -> a better bundle")
+    g.add_argument(
+        "--data", nargs="+", default=[], help="episodes to aggregate with (demos, car recordings)"
+    )
+    g.add_argument("--out", required=True, help="policy bundle to write")
+    g.add_argument("--iterations", type=int, default=3)
+    g.add_argument("--episodes", type=int, default=30, help="roll-outs per iteration")
+    g.add_argument("--rollout-steps", type=int, default=600)
+    g.add_argument("--tracks", default="500-999", help="track seeds for roll-outs (used in order)")
+    g.add_argument(
+        "--beta", type=float, default=0.3, help="chance the expert acts, first iteration"
+    )
+    g.add_argument("--beta-decay", type=float, default=0.5)
+    _sim_args(g)
+    _train_args(g)
+    g.set_defaults(func=cmd_dagger)
+
+    f = sub.add_parser(
+        "default", help="train the shipped default policy (demos + BC + DAgger + export + eval)"
+    )
+    f.add_argument("--out", default="malpi/data/default.malpi", help="bundle to write")
+    f.add_argument(
+        "--workdir", default="/tmp/malpi-train/default", help="data, checkpoints, logs (resumable)"
+    )
+    f.add_argument("--picture", help="also write a trajectory PNG of one evaluation track here")
+    f.add_argument("--strategy", default="auto", help="auto | default | mirrored | multiworker")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_default)
+
+    c = sub.add_parser("compare", help="measure TBPTT vs stored state + burn-in vs zero state")
+    c.add_argument("--data", nargs="+", required=True)
+    c.add_argument("--workdir", required=True)
+    c.add_argument("--modes", default="zero,tbptt,burnin")
+    c.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    c.add_argument(
+        "--tracks", default="1000-1009", help="closed-loop tracks (default: the standard set)"
+    )
+    _train_args(c, with_workdir=False)
+    c.set_defaults(func=cmd_compare)
+
+    pl = sub.add_parser("plot", help="training curves (and confusion matrix) of a training workdir")
+    pl.add_argument("workdir")
+    pl.add_argument("--out", help="PNG (default WORKDIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
+
+    e = commands.add_parser(
+        "eval", help="evaluate a policy bundle in the simulator (closed loop, LiteRT)"
+    )
+    e.add_argument("bundle")
+    e.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    e.add_argument(
+        "--backend", default="litert_int8", help="litert_int8 (the daemon's) | litert_float | tf"
+    )
+    e.add_argument(
+        "--tracks", default="1000-1009", help="evaluation track seeds (default: the standard set)"
+    )
+    e.add_argument("--laps", type=int, default=3, help="laps to complete on each track")
+    e.add_argument("--max-steps", type=int, default=3000)
+    e.add_argument(
+        "--car",
+        default=None,
+        help="differential | steering (default: the bundle's, else differential)",
+    )
+    e.add_argument("--car-noise", type=float, default=1.0)
+    e.add_argument(
+        "--data",
+        nargs="*",
+        help="held-out episodes for next-action accuracy (default: expert drives on the tracks)",
+    )
+    e.add_argument(
+        "--pictures", metavar="DIR", help="write trajectories.png and confusion.png here"
+    )
+    e.add_argument("--seed", type=int, default=0, help="car noise seed")
+    e.set_defaults(func=cmd_eval)
+
+
+def _sim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--car", default="differential", help="differential (the daemon's sim car) | steering"
+    )
+    p.add_argument("--car-noise", type=float, default=1.0)
+    p.add_argument(
+        "--randomize", type=float, default=0.5, help="fraction of episodes with randomised looks"
+    )
+
+
+def _train_args(p: argparse.ArgumentParser, with_workdir: bool = True) -> None:
+    if with_workdir:
+        p.add_argument(
+            "--workdir",
+            default=None,
+            help="checkpoints, logs, history (default: OUT.d/); reruns resume",
+        )
+        p.add_argument(
+            "--init", help="start from these weights (a bundle or .npz); its spec is kept"
+        )
+    p.add_argument(
+        "--mode", default="tbptt", help="LSTM state across chunks: tbptt | burnin | zero"
+    )
+    p.add_argument("--length", type=int, default=32, help="steps per training sequence")
+    p.add_argument("--stride", type=int, default=24, help="burnin/zero: steps between windows")
+    p.add_argument("--burn-in", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16, help="sequences per batch (global)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on batches per epoch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none .. 1 balanced")
+    p.add_argument("--intervention-weight", type=float, default=3.0)
+    p.add_argument(
+        "--policy-weight",
+        type=float,
+        default=0.0,
+        help="weight of the policy's own unlabelled steps",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=3, help="early stopping (0 = off)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--spec", help="JSON/TOML file with policy spec fields (default: the default spec)"
+    )
+    p.add_argument("--strategy", default="auto", help="auto | default | mirrored | multiworker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_config(args: argparse.Namespace):
+    from malpi.train.augment import NO_AUGMENTATION, Augmentation
+    from malpi.train.bc import TrainConfig
+    from malpi.train.data import SequenceConfig
+
+    return TrainConfig(
+        sequence=SequenceConfig(args.mode, args.length, args.stride, args.burn_in),
+        batch_size=args.batch,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        learning_rate=args.lr,
+        class_weight_power=args.class_weight_power,
+        patience=args.patience,
+        augmentation=NO_AUGMENTATION if args.no_augment else Augmentation(),
+        seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
+def _spec_and_weights(args: argparse.Namespace):
+    from malpi.policy.spec import DEFAULT_SPEC, PolicySpec
+
+    init = getattr(args, "init", None)
+    if init:
+        from malpi.policy.bundle import PolicyBundle
+        from malpi.train.bc import load_weights
+
+        if init.endswith(".malpi"):
+            bundle = PolicyBundle.load(init, check_models=False)
+            return bundle.spec, bundle.weights, bundle
+        weights = load_weights(init)
+    else:
+        weights = None
+    if args.spec:
+        from malpi.policy.cli import _read_table
+
+        spec = PolicySpec.from_dict(_read_table(args.spec))
+    else:
+        spec = DEFAULT_SPEC
+    return spec, weights, None
+
+
+def _weights_config(args: argparse.Namespace):
+    from malpi.train.episodes import StepWeights
+
+    return StepWeights(intervention=args.intervention_weight, policy=args.policy_weight)
+
+
+def _sim_setup(args: argparse.Namespace, image: tuple[int, int]):
+    from malpi.train.demos import SimSetup
+
+    return SimSetup(car=args.car, car_noise=args.car_noise, randomize=args.randomize, image=image)
+
+
+def _print(data: dict[str, Any], path: str | None) -> None:
+    text = json.dumps(data, indent=2)
+    if path:
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def cmd_demos(args: argparse.Namespace) -> int:
+    from malpi.actions import DEFAULT_ACTIONS
+    from malpi.sim.cli import parse_seeds
+    from malpi.train.demos import DemoConfig, record_demos
+
+    config = DemoConfig(
+        seeds=parse_seeds(args.tracks),
+        steps=args.steps,
+        episodes_per_track=args.episodes_per_track,
+        perturb_prob=args.perturb,
+        perturb_steps=args.perturb_steps,
+        sim=_sim_setup(args, (120, 160)),
+    )
+    _print(record_demos(args.out, config, DEFAULT_ACTIONS, seed=args.seed), None)
+    return 0
+
+
+def _train(args: argparse.Namespace, out: str) -> tuple[Any, Any, Path, dict]:
+    """Shared by bc and dagger: spec, actions, workdir, base provenance."""
+    spec, weights, parent = _spec_and_weights(args)
+    workdir = Path(args.workdir or f"{out}.d")
+    provenance = {
+        "trainer": "malpi.train",
+        "command": " ".join(sys.argv[1:]),
+        "data": [str(p) for p in args.data],
+        "train_config": _train_config(args).to_dict(),
+    }
+    return spec, weights, workdir, {"provenance": provenance, "parent": parent}
+
+
+def cmd_bc(args: argparse.Namespace) -> int:
+    from malpi.actions import DEFAULT_ACTIONS
+    from malpi.train.bc import Trainer, export_bundle
+    from malpi.train.distribute import make_strategy
+    from malpi.train.episodes import load_episodes, split_episodes
+
+    spec, weights, workdir, meta = _train(args, args.out)
+    actions = meta["parent"].actions if meta["parent"] else DEFAULT_ACTIONS
+    strategy = make_strategy(args.strategy)
+    episodes = load_episodes(
+        args.data, actions, (spec.image_height, spec.image_width), _weights_config(args)
+    )
+    train, val = split_episodes(episodes, args.val_fraction)
+    trainer = Trainer(spec, actions, _train_config(args), workdir, strategy, init_weights=weights)
+    progress = trainer.fit(train, val)
+    if not trainer.chief:
+        return 0
+    _plots(workdir)
+    parent = meta["parent"]
+    bundle = export_bundle(
+        trainer.weights(),
+        spec,
+        actions,
+        args.out,
+        {**meta["provenance"], "best_val_nll": progress.best_val_nll, "epochs": progress.epoch},
+        version=parent.version + 1 if parent else 1,
+        parent=parent.id if parent else None,
+    )
+    print(f"wrote {args.out} ({bundle.label})")
+    return 0
+
+
+def cmd_dagger(args: argparse.Namespace) -> int:
+    from malpi.actions import DEFAULT_ACTIONS
+    from malpi.policy.model import build_policy
+    from malpi.sim.cli import parse_seeds
+    from malpi.train.bc import export_bundle
+    from malpi.train.dagger import DaggerConfig, dagger
+    from malpi.train.distribute import make_strategy
+
+    spec, weights, workdir, meta = _train(args, args.out)
+    parent = meta["parent"]
+    actions = parent.actions if parent else DEFAULT_ACTIONS
+    if weights is None:
+        weights = build_policy(spec, seed=args.seed).named_weights()
+    config = DaggerConfig(
+        iterations=args.iterations,
+        seeds=parse_seeds(args.tracks),
+        episodes=args.episodes,
+        steps=args.rollout_steps,
+        beta=args.beta,
+        beta_decay=args.beta_decay,
+        sim=_sim_setup(args, (spec.image_height, spec.image_width)),
+    )
+    weights, record = dagger(
+        spec,
+        actions,
+        weights,
+        [],
+        workdir,
+        config,
+        _train_config(args),
+        extra_data=args.data,
+        val_fraction=args.val_fraction,
+        strategy=make_strategy(args.strategy),
+        seed=args.seed,
+    )
+    bundle = export_bundle(
+        weights,
+        spec,
+        actions,
+        args.out,
+        {
+            **meta["provenance"],
+            "dagger": [{k: v for k, v in r.items() if k != "history"} for r in record],
+        },
+        version=parent.version + 1 if parent else 1,
+        parent=parent.id if parent else None,
+    )
+    print(f"wrote {args.out} ({bundle.label})")
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    from malpi.train.recipe import DEFAULT_RECIPE, run_recipe
+
+    report = run_recipe(
+        DEFAULT_RECIPE,
+        args.workdir,
+        args.out,
+        picture=args.picture,
+        strategy_kind=args.strategy,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    _print(report, None)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from malpi.sim.cli import parse_seeds
+    from malpi.train.compare import compare_state_modes
+
+    table = compare_state_modes(
+        args.data,
+        args.workdir,
+        [m.strip() for m in args.modes.split(",") if m.strip()],
+        _train_config(args),
+        tracks=parse_seeds(args.tracks),
+        val_fraction=args.val_fraction,
+        strategy_kind=args.strategy,
+    )
+    _print(table, args.json)
+    return 0
+
+
+def _plots(workdir: Path) -> None:
+    from malpi.train.pictures import confusion_picture, save_png, training_curves
+
+    history = workdir / "history.json"
+    if history.exists():
+        save_png(workdir / "curves.png", training_curves(json.loads(history.read_text())))
+    conf = workdir / "confusion.json"
+    config = workdir / "config.json"
+    if conf.exists() and config.exists():
+        names = [a["name"] for a in json.loads(config.read_text())["actions"]]
+        save_png(
+            workdir / "confusion.png",
+            confusion_picture(
+                json.loads(conf.read_text()),
+                names,
+                "validation: target (rows) vs predicted (columns)",
+            ),
+        )
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from malpi.train.pictures import save_png, training_curves
+
+    workdir = Path(args.workdir)
+    history = workdir / "history.json"
+    if not history.exists():
+        raise FileNotFoundError(f"{history} does not exist: not a training workdir")
+    if args.out:
+        save_png(args.out, training_curves(json.loads(history.read_text())))
+    else:
+        _plots(workdir)
+    print(f"wrote {args.out or workdir / 'curves.png'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from malpi.actions import DEFAULT_ACTIONS
+    from malpi.policy.bundle import PolicyBundle
+    from malpi.sim.cli import parse_seeds
+    from malpi.train.evaluate import DEFAULT_CAR, evaluate_bundle, held_out_from_episodes
+
+    bundle = PolicyBundle.load(args.bundle)
+    car = args.car or bundle.manifest["provenance"].get("car") or DEFAULT_CAR
+    held_out = None
+    if args.data:
+        from malpi.train.episodes import load_episodes
+
+        spec = bundle.spec
+        held_out = held_out_from_episodes(
+            load_episodes(
+                args.data, bundle.actions or DEFAULT_ACTIONS, (spec.image_height, spec.image_width)
+            )
+        )
+    report, drives = evaluate_bundle(
+        bundle,
+        backend=args.backend,
+        seeds=parse_seeds(args.tracks),
+        laps=args.laps,
+        max_steps=args.max_steps,
+        car=car,
+        car_noise=args.car_noise,
+        held_out=held_out,
+        seed=args.seed,
+    )
+    if args.pictures:
+        from malpi.train.pictures import write_evaluation_pictures
+
+        for path in write_evaluation_pictures(args.pictures, report, drives):
+            log.info("wrote %s", path)
+    _print(report, args.json)
+    return 0

@@ -1,0 +1,258 @@
+"""Driving in the simulator and writing it down as recordings: expert demonstrations.
+
+Simulator episodes go through the same :class:`~malpi.recorder.Recorder` as
+the car's, into the same SQLite format, so the trainer has one pipeline for
+real and simulated driving. Each step stores the frame, the action *taken*
+and who chose it; the expert's label for every step goes into the episode's
+configuration (:data:`~malpi.train.episodes.LABELS_KEY`), because the action
+taken and the right action differ whenever someone other than the expert
+drove: an injected perturbation here, the policy in DAgger.
+
+Perturbations (as in DART): now and then a random action is held for a few
+steps while the label stays the expert's, so the data shows the car drifting
+off the ideal line and how to come back, which pure expert driving never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, ActionTable
+from malpi.train.episodes import LABELS_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """How the simulator is set up for data collection."""
+
+    car: str = "differential"  # the daemon's simulated car (malpi.config SimConfig.car)
+    car_noise: float = 1.0  # trim, gain errors, speed and yaw noise (1 = the sim's default)
+    randomize: float = 0.5  # fraction of episodes with randomised lighting/colour/blur/noise
+    dt: float = 0.05  # control period (s): the daemon's 20 Hz loop
+    image: tuple[int, int] = (120, 160)  # camera (height, width): the policy's input
+
+    def make_env(self, track_seed: int, steps: int, randomize: bool, actions: ActionTable):
+        from malpi.sim.car import CarParams
+        from malpi.sim.env import TrackEnv
+        from malpi.sim.render import CameraSpec
+
+        return TrackEnv(
+            track_seeds=[track_seed],
+            actions=actions,
+            car=CarParams(drivetrain=self.car, noise=self.car_noise),
+            camera=CameraSpec(width=self.image[1], height=self.image[0]),
+            dt=self.dt,
+            max_steps=steps,
+            random_start=True,
+            random_direction=True,
+            randomize=randomize,
+        )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a driver did at one step."""
+
+    action: int
+    source: str  # human (the demonstrator) | policy | intervention
+    probs: np.ndarray | None = None
+    value: float | None = None
+
+
+Driver = Callable[[np.ndarray, int, int, int], Choice]
+"""(observation, previous action, expert's action, step) -> Choice."""
+
+
+@dataclass
+class SimEpisode:
+    """One simulated episode in memory, before it is written."""
+
+    track_seed: int
+    frames: list[np.ndarray]
+    actions: list[int]
+    labels: list[int]
+    sources: list[str]
+    probs: list[np.ndarray | None]
+    values: list[float | None]
+    rewards: list[float]
+    poses: list[tuple[float, float, float]]
+    terminated: bool
+    laps: int
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def drive_episode(env: Any, driver: Driver, env_seed: int) -> SimEpisode:
+    """Run one episode of ``env`` (a TrackEnv) with ``driver``, labelling every step with the expert."""
+    obs, info = env.reset(seed=env_seed)
+    track_seed = int(info["track_seed"])
+    ep = SimEpisode(track_seed, [], [], [], [], [], [], [], [], False, 0)
+    prev = NO_ACTION
+    while True:
+        label = env.unwrapped.expert_action()
+        choice = driver(obs, prev, label, len(ep))
+        ep.frames.append(obs)
+        ep.poses.append(tuple(info["pose"]))
+        obs, reward, terminated, truncated, info = env.step(choice.action)
+        ep.actions.append(choice.action)
+        ep.labels.append(label)
+        ep.sources.append(choice.source)
+        ep.probs.append(choice.probs)
+        ep.values.append(choice.value)
+        ep.rewards.append(float(reward))
+        prev = choice.action
+        if terminated or truncated:
+            ep.terminated, ep.laps = bool(terminated), int(info["laps"])
+            return ep
+
+
+def write_episode(
+    recorder: Any,
+    ep: SimEpisode,
+    actions: ActionTable,
+    config: dict[str, Any],
+    dt: float,
+    policy_version: str | None = None,
+) -> int:
+    """Write a simulated episode through the recorder (frames as JPEG, labels in the config)."""
+    from malpi.recorder import EpisodeMeta, Step
+
+    meta = EpisodeMeta(
+        action_table=actions,
+        config={**config, LABELS_KEY: [int(a) for a in ep.labels]},
+        policy_version=policy_version,
+        notes=f"simulator, track {ep.track_seed}",
+    )
+    episode_id = recorder.start_episode(meta)
+    t0 = time.monotonic()
+    last = len(ep) - 1
+    for i in range(len(ep)):
+        t = t0 + i * dt  # simulated time, so the recording reads like a 20 Hz drive
+        recorder.record(
+            Step(
+                frame=ep.frames[i],
+                action=int(ep.actions[i]),
+                source=ep.sources[i],
+                capture_time=t,
+                action_time=t + 0.001,
+                probs=ep.probs[i],
+                value=ep.values[i],
+                reward=ep.rewards[i],
+                done=ep.terminated and i == last,
+                policy_version=policy_version if ep.sources[i] == "policy" else None,
+            )
+        )
+    recorder.end_episode("failed" if ep.terminated else "finished")
+    if not recorder.flush(timeout=60.0):
+        raise RuntimeError(f"the recorder failed writing episode {episode_id}: {recorder.error}")
+    dropped = recorder.stats.steps_dropped
+    if dropped:
+        raise RuntimeError(f"the recorder dropped {dropped} steps; raise its queue size")
+    return episode_id
+
+
+def open_recorder(path: str | os.PathLike[str], max_steps: int) -> Any:
+    """A recorder whose queue holds a whole episode: simulated steps arrive faster than real time."""
+    from malpi.recorder import Recorder
+
+    return Recorder(Path(path), queue_size=max_steps + 16, commit_interval=2.0)
+
+
+# -- the expert's demonstrations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Expert demonstrations on a set of training tracks."""
+
+    seeds: Sequence[int] = tuple(range(0, 40))
+    steps: int = 600  # control steps per episode (30 s at 20 Hz)
+    episodes_per_track: int = 1
+    perturb_prob: float = 0.04  # chance per step of starting a perturbation
+    perturb_steps: int = 3  # a perturbation holds a random action for 1..this many steps
+    sim: SimSetup = SimSetup()
+
+
+class ExpertWithPerturbations:
+    """The expert drives; now and then a random action is held for a few steps."""
+
+    def __init__(self, num_actions: int, prob: float, max_hold: int, rng: np.random.Generator):
+        self.num_actions, self.prob, self.max_hold, self.rng = num_actions, prob, max_hold, rng
+        self._left, self._action = 0, 0
+
+    def __call__(self, obs: np.ndarray, prev: int, expert: int, step: int) -> Choice:
+        if self._left == 0 and self.prob > 0 and self.rng.uniform() < self.prob:
+            self._left = int(self.rng.integers(1, self.max_hold + 1))
+            self._action = int(self.rng.integers(self.num_actions))
+        if self._left > 0:
+            self._left -= 1
+            return Choice(self._action, "human")
+        return Choice(expert, "human")
+
+
+def record_demos(
+    path: str | os.PathLike[str],
+    config: DemoConfig = DemoConfig(),
+    actions: ActionTable = DEFAULT_ACTIONS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Drive the expert on ``config.seeds`` and append the episodes to the database ``path``."""
+    rng = np.random.default_rng(seed)
+    recorder = open_recorder(path, config.steps)
+    stats = {"episodes": 0, "steps": 0, "left_track": 0}
+    started = time.monotonic()
+    try:
+        for track_seed in config.seeds:
+            for k in range(config.episodes_per_track):
+                randomize = bool(rng.uniform() < config.sim.randomize)
+                env = config.sim.make_env(track_seed, config.steps, randomize, actions)
+                env_seed = int(rng.integers(2**31))
+                driver = ExpertWithPerturbations(
+                    len(actions), config.perturb_prob, config.perturb_steps, rng
+                )
+                ep = drive_episode(env, driver, env_seed)
+                sim_info = {
+                    **asdict(config.sim),
+                    "track_seed": int(track_seed),
+                    "env_seed": env_seed,
+                    "randomized": randomize,
+                    "episode": k,
+                }
+                write_episode(
+                    recorder,
+                    ep,
+                    actions,
+                    {
+                        "simulator": sim_info,
+                        "driver": "expert",
+                        "perturb_prob": config.perturb_prob,
+                    },
+                    config.sim.dt,
+                )
+                stats["episodes"] += 1
+                stats["steps"] += len(ep)
+                stats["left_track"] += int(ep.terminated)
+    finally:
+        recorder.close()
+    if recorder.error is not None:
+        raise RuntimeError(f"recording demonstrations failed: {recorder.error}")
+    stats["seconds"] = round(time.monotonic() - started, 1)
+    log.info(
+        "demonstrations: %d episodes, %d steps in %.1f s -> %s",
+        stats["episodes"],
+        stats["steps"],
+        stats["seconds"],
+        path,
+    )
+    return stats
