@@ -16,7 +16,9 @@ AREAS = [
     "malpi.recorder.cli",
     "malpi.sim.cli",
     "malpi.daemon.cli",
+    "malpi.rl.cli",
     "malpi.link.cli",
+    "malpi.train.cli",
 ]
 
 
