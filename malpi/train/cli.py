@@ -29,6 +29,7 @@ def register(commands, bench) -> None:
     d.add_argument("--episodes-per-track", type=int, default=1)
     d.add_argument("--perturb", type=float, default=0.04, help="chance per step of a perturbation")
     d.add_argument("--perturb-steps", type=int, default=3, help="a perturbation lasts 1..N steps")
+    d.add_argument("--image", default="120x160", help="camera HEIGHTxWIDTH (the policy's input)")
     _sim_args(d)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demos)
@@ -220,6 +221,14 @@ def _sim_setup(args: argparse.Namespace, image: tuple[int, int]):
     return SimSetup(car=args.car, car_noise=args.car_noise, randomize=args.randomize, image=image)
 
 
+def _image(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image must be HEIGHTxWIDTH, e.g. 120x160, not {text!r}") from None
+    return h, w
+
+
 def _print(data: dict[str, Any], path: str | None) -> None:
     text = json.dumps(data, indent=2)
     if path:
@@ -241,7 +250,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
         episodes_per_track=args.episodes_per_track,
         perturb_prob=args.perturb,
         perturb_steps=args.perturb_steps,
-        sim=_sim_setup(args, (120, 160)),
+        sim=_sim_setup(args, _image(args.image)),
     )
     _print(record_demos(args.out, config, DEFAULT_ACTIONS, seed=args.seed), None)
     return 0

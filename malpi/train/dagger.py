@@ -53,6 +53,8 @@ class DaggerConfig:
     beta: float = 0.3  # chance the expert acts at a step, first iteration
     beta_decay: float = 0.5  # beta shrinks by this factor every iteration
     backend: str = "litert_float"  # the step runtime that drives the roll-outs
+    takeover: float | None = 0.7  # the expert takes over this far off (fraction of half-width)
+    release: float = 0.25  # ... and hands back this close to the centre line
     sim: SimSetup = field(default_factory=SimSetup)
 
     def beta_at(self, iteration: int) -> float:
@@ -60,16 +62,43 @@ class DaggerConfig:
 
 
 class PolicyDriver:
-    """The policy drives (its LSTM state carried); with probability ``beta`` the expert does."""
+    """The policy drives, its LSTM state carried. The expert acts instead
 
-    def __init__(self, policy: Any, beta: float, rng: np.random.Generator):
+    - with probability ``beta`` at any step (classic DAgger's mixture), recorded
+      as the demonstrator's (``human``);
+    - as an operator would: when the car is more than ``takeover`` of the
+      half-width off the centre line it takes over until the car is back within
+      ``release`` of it (recorded as ``intervention``). The roll-out keeps going
+      instead of ending at the first mistake, and the states just before each
+      take-over, labelled, are exactly what the policy has to learn.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        beta: float,
+        rng: np.random.Generator,
+        takeover: float | None = 0.7,
+        release: float = 0.25,
+    ):
         self.policy, self.beta, self.rng = policy, beta, rng
+        self.takeover, self.release = takeover, release
+        self._expert_driving = False
 
-    def __call__(self, obs: np.ndarray, prev: int, expert: int, step: int) -> Choice:
+    def __call__(
+        self, obs: np.ndarray, prev: int, expert: int, step: int, info: dict[str, Any]
+    ) -> Choice:
         if step == 0:
             self.policy.reset()
+            self._expert_driving = False
         # The policy steps every time, fed what was really done, so its state stays true.
         r = self.policy.step(obs, prev)
+        if self.takeover is not None:
+            off = abs(info["cte"]) / info["half_width"]
+            limit = self.release if self._expert_driving else self.takeover
+            self._expert_driving = off > limit
+            if self._expert_driving:
+                return Choice(expert, "intervention", r.probs, r.value)
         if self.beta > 0 and self.rng.uniform() < self.beta:
             return Choice(expert, "human", r.probs, r.value)
         return Choice(r.action, "policy", r.probs, r.value)
@@ -88,9 +117,16 @@ def roll_out(
     from malpi.policy.runtime import StepPolicy
 
     policy = StepPolicy(bundle, backend=config.backend)
-    driver = PolicyDriver(policy, beta, rng)
+    driver = PolicyDriver(policy, beta, rng, config.takeover, config.release)
     recorder = open_recorder(database, config.steps)
-    stats = {"episodes": 0, "steps": 0, "policy_steps": 0, "disagreements": 0, "left_track": 0}
+    stats = {
+        "episodes": 0,
+        "steps": 0,
+        "policy_steps": 0,
+        "disagreements": 0,
+        "takeover_steps": 0,
+        "left_track": 0,
+    }
     started = time.monotonic()
     try:
         for track_seed in seeds:
@@ -121,6 +157,7 @@ def roll_out(
             stats["steps"] += len(ep)
             stats["policy_steps"] += int(own.sum())
             stats["disagreements"] += int((np.array(ep.actions) != np.array(ep.labels))[own].sum())
+            stats["takeover_steps"] += sum(s == "intervention" for s in ep.sources)
             stats["left_track"] += int(ep.terminated)
     finally:
         recorder.close()
@@ -129,11 +166,12 @@ def roll_out(
     stats["seconds"] = round(time.monotonic() - started, 1)
     stats["agreement"] = round(1 - stats["disagreements"] / max(stats["policy_steps"], 1), 4)
     log.info(
-        "DAgger roll-outs (beta %.2f): %d episodes, %d steps, %d left the track, "
-        "policy agreed with the expert on %.1f%% of its steps, %.0f s",
+        "DAgger roll-outs (beta %.2f): %d episodes, %d steps, %d taken over by the expert, "
+        "%d left the track, policy agreed with the expert on %.1f%% of its steps, %.0f s",
         beta,
         stats["episodes"],
         stats["steps"],
+        stats["takeover_steps"],
         stats["left_track"],
         100 * stats["agreement"],
         stats["seconds"],

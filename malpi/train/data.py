@@ -298,7 +298,9 @@ def make_dataset(
 
     def materialise(item):
         frames = tf.map_fn(
-            lambda b: tf.ensure_shape(tf.io.decode_jpeg(b, channels=3), (h, w, 3)),
+            lambda b: tf.ensure_shape(
+                tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE"), (h, w, 3)
+            ),
             item.pop("jpegs"),
             fn_output_signature=tf.TensorSpec((h, w, 3), tf.uint8),
         )

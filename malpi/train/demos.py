@@ -69,8 +69,9 @@ class Choice:
     value: float | None = None
 
 
-Driver = Callable[[np.ndarray, int, int, int], Choice]
-"""(observation, previous action, expert's action, step) -> Choice."""
+Driver = Callable[[np.ndarray, int, int, int, dict[str, Any]], Choice]
+"""(observation, previous action, expert's action, step, env info) -> Choice. The info
+is the env's (cte, speed, ...) plus ``half_width``, the track's."""
 
 
 @dataclass
@@ -97,11 +98,12 @@ def drive_episode(env: Any, driver: Driver, env_seed: int) -> SimEpisode:
     """Run one episode of ``env`` (a TrackEnv) with ``driver``, labelling every step with the expert."""
     obs, info = env.reset(seed=env_seed)
     track_seed = int(info["track_seed"])
+    half_width = float(env.unwrapped.world.track.half_width)
     ep = SimEpisode(track_seed, [], [], [], [], [], [], [], [], False, 0)
     prev = NO_ACTION
     while True:
         label = env.unwrapped.expert_action()
-        choice = driver(obs, prev, label, len(ep))
+        choice = driver(obs, prev, label, len(ep), {**info, "half_width": half_width})
         ep.frames.append(obs)
         ep.poses.append(tuple(info["pose"]))
         obs, reward, terminated, truncated, info = env.step(choice.action)
@@ -191,7 +193,9 @@ class ExpertWithPerturbations:
         self.num_actions, self.prob, self.max_hold, self.rng = num_actions, prob, max_hold, rng
         self._left, self._action = 0, 0
 
-    def __call__(self, obs: np.ndarray, prev: int, expert: int, step: int) -> Choice:
+    def __call__(
+        self, obs: np.ndarray, prev: int, expert: int, step: int, info: dict[str, Any]
+    ) -> Choice:
         if self._left == 0 and self.prob > 0 and self.rng.uniform() < self.prob:
             self._left = int(self.rng.integers(1, self.max_hold + 1))
             self._action = int(self.rng.integers(self.num_actions))

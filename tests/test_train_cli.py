@@ -1,0 +1,59 @@
+"""The trainer's commands end to end at a tiny size: demos -> bc -> bundle -> eval JSON."""
+
+from __future__ import annotations
+
+import json
+
+from policy_helpers import TINY_SPEC
+
+from malpi.cli import main
+from malpi.policy.bundle import PolicyBundle
+from malpi.recorder import EpisodeStore
+
+
+def test_demos_bc_and_eval_from_the_command_line(tmp_path, capsys):
+    db = tmp_path / "demos.sqlite"
+    assert (
+        main(
+            [
+                "train",
+                "demos",
+                "--out",
+                str(db),
+                "--tracks",
+                "0-2",
+                "--steps",
+                "40",
+                "--image",
+                "48x64",
+            ]
+        )
+        == 0
+    )
+    with EpisodeStore(db, readonly=True) as store:
+        assert len(store.episodes()) == 3
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(TINY_SPEC.to_dict()))
+    out = tmp_path / "tiny.malpi"
+    args = ["train", "bc", "--data", str(db), "--out", str(out), "--spec", str(spec)]
+    args += ["--epochs", "1", "--batch", "4", "--length", "8", "--no-progress", "--no-augment"]
+    assert main(args) == 0
+    bundle = PolicyBundle.load(out)
+    assert bundle.spec == TINY_SPEC and bundle.manifest["provenance"]["trainer"] == "malpi.train"
+    workdir = tmp_path / "tiny.malpi.d"
+    assert (workdir / "history.json").exists() and (workdir / "curves.png").exists()
+    capsys.readouterr()
+
+    report_path = tmp_path / "eval.json"
+    pictures = tmp_path / "pics"
+    args = ["eval", str(out), "--json", str(report_path), "--tracks", "1000", "--laps", "1"]
+    args += ["--max-steps", "60", "--pictures", str(pictures)]
+    assert main(args) == 0
+    report = json.loads(report_path.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    for key in ("tracks", "laps_mean", "offtrack_episodes", "next_action_accuracy"):
+        assert key in report
+    assert report["backend"] == "litert_int8" and report["car"] == "differential"
+    assert [t["track"] for t in report["tracks"]] == [1000]
+    assert 0 <= report["next_action_accuracy"] <= 1 and report["held_out_steps"] > 0
+    assert (pictures / "trajectories.png").exists() and (pictures / "confusion.png").exists()

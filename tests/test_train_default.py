@@ -1,0 +1,29 @@
+"""The default policy shipped in the package loads as the daemon loads it and drives."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from malpi.config import Config
+from malpi.daemon.build import DEFAULT_POLICY
+from malpi.policy.bundle import PolicyBundle
+from malpi.policy.runtime import StepPolicy
+from malpi.train.evaluate import drive_track
+
+SHIPPED = resources.files("malpi") / "data" / DEFAULT_POLICY
+
+
+def test_the_shipped_default_policy_loads_and_drives_an_eval_track_without_leaving_it():
+    config = Config()
+    data = SHIPPED.read_bytes()
+    assert len(data) <= 5 * 1024 * 1024
+    bundle = PolicyBundle.from_bytes(
+        data,
+        expected_actions=config.action_table,
+        expected_image=(config.camera.height, config.camera.width),
+    )
+    assert bundle.manifest["provenance"]["car"] == config.sim.car
+    policy = StepPolicy(bundle, backend=config.policy.backend)  # litert_int8, as the daemon
+    drive = drive_track(policy, 1000, laps=1, car=config.sim.car)
+    assert drive.laps >= 1 and not drive.left_track
+    assert drive.mean_cte < 0.5 * drive.half_width
