@@ -140,6 +140,15 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class RewardConfig:
+    enabled: bool = True  # record a reward with every step, for reinforcement learning
+    progress: float = 1.0  # per metre along the track, where measurable (the simulator)
+    time: float = 0.0  # every recorded step (negative: hurry up)
+    off_track: float = 0.0  # every step off the road, where measurable (the simulator)
+    failed: float = -1.0  # terminal reward of an episode ended "failed" without one
+
+
+@dataclass(frozen=True)
 class LinkConfig:
     enabled: bool = True  # malpi drive serves the link
     command: str = "tcp://127.0.0.1:5555"  # request/reply command socket
@@ -163,6 +172,7 @@ class Config:
     sim: SimConfig = SimConfig()
     policy: PolicyConfig = PolicyConfig()
     recording: RecordingConfig = RecordingConfig()
+    reward: RewardConfig = RewardConfig()
     link: LinkConfig = LinkConfig()
     actions: list[dict[str, Any]] = field(default_factory=DEFAULT_ACTIONS.to_list)
 

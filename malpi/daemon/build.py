@@ -253,6 +253,14 @@ def build_robot(
             path.parent.mkdir(parents=True, exist_ok=True)
             recorder = Recorder(path)
             closers.append(recorder.close)
+            if config.reward.enabled:
+                from malpi.rl.reward import RewardingRecorder, RewardSource, SimMeter
+
+                # Progress is measurable where the simulator moves the car.
+                meter = SimMeter(sim_world) if config.drivetrain.backend == "sim" else None
+                recorder = RewardingRecorder(
+                    recorder, RewardSource.from_config(config.reward, meter)
+                )
         telemetry = Telemetry()
         loop = ControlLoop(
             camera,

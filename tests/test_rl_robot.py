@@ -1,0 +1,148 @@
+"""The robot loop end to end against the daemon on the simulator, and the reward source."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from link_helpers import bundles, link_config, running_link
+
+from malpi.policy.bundle import PolicyBundle
+from malpi.policy.model import build_policy
+from malpi.recorder.store import EpisodeStore
+from malpi.rl.reward import RewardingRecorder, RewardSource
+from malpi.rl.robot import RobotLoopConfig, episode_batch, read_episodes, run_robot_loop
+
+
+class Meter:
+    def __init__(self):
+        self.metres, self.road = 0.0, True
+
+    def travelled(self):
+        return self.metres
+
+    def on_track(self):
+        return self.road
+
+
+class FakeRecorder:
+    def __init__(self):
+        self.steps, self.ends = [], []
+
+    def start_episode(self, meta):
+        return 1
+
+    def record(self, step):
+        self.steps.append(step)
+
+    def end_episode(self, outcome="finished", final_reward=None):
+        self.ends.append((outcome, final_reward))
+        return 1
+
+    stats = "passed through"
+
+
+def test_reward_source_progress_time_off_track_and_failure():
+    meter = Meter()
+    rec = RewardingRecorder(
+        FakeRecorder(),
+        RewardSource(progress=2.0, time=-0.1, off_track=-1.0, failed=-5.0, meter=meter),
+    )
+    meter.metres = 10.0
+    rec.start_episode(None)  # progress counts from here
+    meter.metres = 10.5
+    rec.record(_step())
+    meter.metres, meter.road = 10.25, False  # backwards, and off the road
+    rec.record(_step())
+    rewards = [s.reward for s in rec._recorder.steps]
+    assert rewards == pytest.approx([2.0 * 0.5 - 0.1, 2.0 * -0.25 - 0.1 - 1.0])
+    rec.end_episode("failed")  # the operator's verdict without a reward: the configured penalty
+    rec.end_episode("failed", -2.0)  # with one: the operator's
+    rec.end_episode("finished")
+    assert rec._recorder.ends == [("failed", -5.0), ("failed", -2.0), ("finished", None)]
+    assert rec.stats == "passed through"
+    # Without a meter (a real car without odometry): the time term only.
+    plain = RewardingRecorder(FakeRecorder(), RewardSource(progress=1.0, time=0.25))
+    plain.start_episode(None)
+    plain.record(_step())
+    assert plain._recorder.steps[0].reward == 0.25
+
+
+def _step():
+    from malpi.recorder.recorder import Step
+
+    return Step(np.zeros((2, 2, 3), np.uint8), 0, "policy", 0.0, 0.0)
+
+
+def test_robot_loop_end_to_end_on_the_simulated_robot(tmp_path):
+    """Two tiny iterations: drive, read the recording, learn off-line, push; the robot's policy
+    version goes v1 -> v2 -> v3 and each iteration learnt from the version that drove it."""
+    start = tmp_path / "start.malpi"
+    start.write_bytes(bundles()["a"])
+    config = link_config(
+        tmp_path,
+        start,
+        **{
+            "drivetrain.backend": "sim",
+            "policy.sample": True,
+            "reward.time": -0.01,
+            "reward.progress": 1.0,
+        },
+    )
+    db = str(tmp_path / "episodes.sqlite")
+    cfg = RobotLoopConfig(
+        db=db,
+        policy=str(start),
+        iterations=2,
+        episodes=2,
+        episode_seconds=0.5,
+        epochs=2,
+        seq_len=8,
+        learning_rate=1e-3,
+        out_dir=str(tmp_path / "pushed"),
+    )
+    first = PolicyBundle.from_bytes(bundles()["a"])
+    with running_link(config) as daemon, daemon.client(timeout=10.0) as client:
+        assert client.status().policy_version == first.label
+        history = run_robot_loop("", cfg, client=client)
+        final = client.status()
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert history[0]["policy_driven"] == first.label
+    assert history[0]["pushed"].startswith("v2-") and history[1]["pushed"].startswith("v3-")
+    assert history[1]["policy_driven"] == history[0]["pushed"]
+    assert final.policy_version == history[1]["pushed"]  # the robot runs the newest
+    print(history)
+    assert all(h["episodes"] >= 2 and h["steps"] >= 20 for h in history)
+    assert all(np.isfinite(h["loss"]) for h in history)
+    pushed = sorted(p.name for p in (tmp_path / "pushed").iterdir())
+    assert [p[:3] for p in pushed] == ["v2-", "v3-"]
+    v2 = PolicyBundle.load(tmp_path / "pushed" / pushed[0])
+    assert v2.manifest["parent"] == first.id and v2.version == 2
+    assert any(not np.allclose(v2.weights[k], first.weights[k]) for k in first.weights)
+
+    # The recording: rewards from the simulator's progress plus the time term, probabilities
+    # recorded for every policy step.
+    with EpisodeStore(db, readonly=True) as store:
+        driven = [e for e in store.episodes() if e.policy_version == first.label and e.step_count]
+    episodes = read_episodes(db, first.label, driven[0].started_at, 4)
+    rewards = np.concatenate([e.rewards for e in episodes])
+    assert np.abs(rewards + 0.01).max() > 1e-4  # progress moved the reward off the time term
+    assert all((e.sources == "policy").all() and np.isfinite(e.probs).all() for e in episodes)
+
+    # Importance correction: with the network that drove, the recomputed log-probabilities equal
+    # the behaviour's (LiteRT float on the robot vs Keras here): the ratio is ~1 at every step.
+    net = build_policy(first.spec)
+    net.set_named_weights(first.weights)
+    batch = episode_batch(net, episodes, cfg)
+    out = net.sequence_model(
+        {
+            "frames": tf.convert_to_tensor(batch["obs"]),
+            "prev_actions": tf.one_hot(batch["prev"], first.spec.num_actions),
+            "episode_starts": tf.convert_to_tensor(batch["starts"]),
+            "h0": tf.convert_to_tensor(batch["h0"]),
+            "c0": tf.convert_to_tensor(batch["c0"]),
+        }
+    )
+    logp = np.asarray(tf.gather(tf.nn.log_softmax(out["logits"]), batch["actions"], batch_dims=2))
+    real = batch["policy_mask"] == 1
+    assert real.sum() == sum(len(e) for e in episodes)
+    # Not exactly: the recording keeps JPEG frames, the policy saw the raw ones.
+    np.testing.assert_allclose(logp[real], batch["logp"][real], atol=2e-2)
