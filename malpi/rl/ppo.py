@@ -282,11 +282,16 @@ def masked_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 class Learner:
     """Loss and optimiser for a PolicyNetwork's sequence model."""
 
-    def __init__(self, net: PolicyNetwork, config: PPOConfig):
+    def __init__(self, net: PolicyNetwork, config: PPOConfig, variables: list | None = None):
+        """``variables``: what the update changes (default: every weight of the network; e.g.
+        only the value head's to fit a critic to a behaviour-cloned policy before touching it)."""
         self.net = net
         self.config = config
+        self.variables = (
+            list(net.sequence_model.trainable_variables) if variables is None else list(variables)
+        )
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-5)
-        self.optimizer.build(net.sequence_model.trainable_variables)
+        self.optimizer.build(self.variables)
         self._train_step = tf.function(self._step, reduce_retracing=True)
 
     def loss(self, batch: dict[str, tf.Tensor], clip: tf.Tensor) -> tuple[tf.Tensor, dict]:
@@ -346,7 +351,7 @@ class Learner:
         return loss, stats
 
     def _step(self, batch: dict[str, tf.Tensor], clip: tf.Tensor) -> dict[str, tf.Tensor]:
-        variables = self.net.sequence_model.trainable_variables
+        variables = self.variables
         with tf.GradientTape() as tape:
             loss, stats = self.loss(batch, clip)
         grads = tape.gradient(loss, variables)
