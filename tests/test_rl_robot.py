@@ -146,3 +146,52 @@ def test_robot_loop_end_to_end_on_the_simulated_robot(tmp_path):
     assert real.sum() == sum(len(e) for e in episodes)
     # Not exactly: the recording keeps JPEG frames, the policy saw the raw ones.
     np.testing.assert_allclose(logp[real], batch["logp"][real], atol=2e-2)
+
+
+def test_episode_batch_terminal_vs_cut_episodes_and_interventions():
+    """A failed episode's last step is terminal (no bootstrap); an episode this loop cut short is
+    bootstrapped from its last value; an operator's intervention is kept in the sequence but out
+    of the policy loss; the behaviour log-probabilities are the recorded ones."""
+    from types import SimpleNamespace
+
+    from malpi.policy.spec import PolicySpec
+
+    spec = PolicySpec(obs_dim=3, bottleneck=0, lstm_units=8, num_actions=3)
+    net = build_policy(spec, seed=1)
+    rng = np.random.default_rng(0)
+
+    class Ep(SimpleNamespace):  # the fields of recorder.store.EpisodeData that are used
+        def __len__(self):
+            return len(self.actions)
+
+    def episode(T, failed):
+        probs = rng.dirichlet(np.ones(3), T).astype(np.float32)
+        sources = np.array(["policy"] * T, dtype="<U12")
+        sources[2] = "intervention"
+        return Ep(
+            frames=rng.normal(size=(T, 3)).astype(np.float32),
+            actions=rng.integers(0, 3, T),
+            probs=probs,
+            sources=sources,
+            rewards=np.ones(T, np.float32),
+            info=SimpleNamespace(terminated=failed),
+        )
+
+    eps = [episode(11, True), episode(6, False)]
+    cfg = RobotLoopConfig(db="", seq_len=4, gamma=0.5, gae_lambda=0.0)
+    batch = episode_batch(net, eps, cfg)
+    assert batch["actions"].shape == (3 + 2, 4)  # ceil(11/4) + ceil(6/4) sequences
+    assert batch["mask"].sum() == 17 and batch["policy_mask"].sum() == 15
+    assert batch["policy_mask"][0, 2] == 0 and batch["mask"][0, 2] == 1
+    ok = batch["policy_mask"] == 1
+    chosen = np.concatenate([e.probs[np.arange(len(e)), e.actions] for e in eps])
+    flat_mask = np.concatenate([np.delete(np.arange(11), 2), 11 + np.delete(np.arange(6), 2)])
+    np.testing.assert_allclose(
+        np.sort(batch["logp"][ok]), np.sort(np.log(chosen[flat_mask])), rtol=1e-6
+    )
+    # lambda 0: advantage = r + gamma * V(next) - V. Failed episode's last step (seq 2, index 2):
+    v_fail_last = batch["values"][2, 2]
+    assert batch["advantages"][2, 2] == pytest.approx(1.0 - v_fail_last, abs=1e-5)
+    # The cut episode's last step (seq 4, index 1): bootstrapped from its own value.
+    v_cut_last = batch["values"][4, 1]
+    assert batch["advantages"][4, 1] == pytest.approx(1.0 + 0.5 * v_cut_last - v_cut_last, abs=1e-5)
