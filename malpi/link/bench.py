@@ -31,7 +31,9 @@ def run(
     reloads: int = 5,
     json_path: str | None = None,
     seed_size: bool = True,
+    policy: str | None = None,
 ) -> dict[str, Any]:
+    """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy)."""
     from malpi.config import load_config
     from malpi.daemon.build import build_robot
     from malpi.link.server import LinkServer
@@ -51,6 +53,7 @@ def run(
                 "policy.store": str(tmp_path / "store"),
                 "link.command": "tcp://127.0.0.1:*",
                 "link.telemetry": "tcp://127.0.0.1:*",
+                **(_policy_overrides(policy) if policy else {}),
             },
         )
         bundles = _bundles(config, seed_size)
@@ -82,6 +85,18 @@ def run(
     return result
 
 
+def _policy_overrides(path: str) -> dict[str, Any]:
+    """Drive ``path``, with the camera sized to fit it."""
+    from malpi.policy.bundle import PolicyBundle
+
+    spec = PolicyBundle.load(path, check_models=False).spec
+    return {
+        "policy.path": str(path),
+        "camera.height": spec.image_height,
+        "camera.width": spec.image_width,
+    }
+
+
 def _bundles(config, seed_size: bool) -> list[tuple[str, bytes]]:
     """The bundles to reload: the daemon's own policy, and the seed-size one if TensorFlow is here."""
     from malpi.daemon.build import load_policy_bundle
@@ -94,7 +109,14 @@ def _bundles(config, seed_size: bool) -> list[tuple[str, bytes]]:
             from malpi.policy.model import build_policy
             from malpi.policy.spec import SEED_SPEC
 
-            seed = make_bundle(build_policy(SEED_SPEC, seed=0), config.action_table)
+            spec = SEED_SPEC.__class__(
+                **{
+                    **SEED_SPEC.__dict__,
+                    "image_height": config.camera.height,
+                    "image_width": config.camera.width,
+                }
+            )
+            seed = make_bundle(build_policy(spec, seed=0), config.action_table)
             out.append(("seed", seed.to_bytes()))
         except ImportError as exc:
             log.warning("no seed-size bundle (needs TensorFlow): %s", exc)

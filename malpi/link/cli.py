@@ -79,6 +79,10 @@ def register(commands, bench) -> None:
     b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
     b.add_argument("--requests", type=int, default=2000, help="round trips per case")
     b.add_argument("--reloads", type=int, default=5, help="bundles loaded while driving")
+    b.add_argument("--policy", metavar="FILE", help="drive and reload this bundle")
+    b.add_argument(
+        "--no-seed", action="store_true", help="skip the 5.9 M-parameter seed-size bundle"
+    )
     b.set_defaults(func=cmd_bench_link)
 
 
@@ -269,5 +273,12 @@ def cmd_keys_trust(args: argparse.Namespace) -> int:
 def cmd_bench_link(args: argparse.Namespace) -> int:
     from malpi.link import bench
 
-    bench.run(rate_hz=args.rate, requests=args.requests, reloads=args.reloads, json_path=args.json)
+    bench.run(
+        rate_hz=args.rate,
+        requests=args.requests,
+        reloads=args.reloads,
+        json_path=args.json,
+        seed_size=not args.no_seed,
+        policy=args.policy,
+    )
     return 0

@@ -93,19 +93,23 @@ class RobotClient:
 
     def request(self, msg: schema.Request, timeout: float | None = None) -> Any:
         """Send one command and return its reply; RobotError for an error reply."""
+        timeout = self.timeout if timeout is None else timeout
         with self._lock:
             self._next_id += 1
             msg.id = self._next_id
-            self._sock.send(schema.encode(msg))
-            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            deadline = time.monotonic() + timeout
+            # A DEALER with no connected peer (robot down, handshake refused) would block in
+            # send: wait for room, within the same deadline, instead.
+            if not self._sock.poll(timeout * 1000, zmq.POLLOUT):
+                raise self._timeout(timeout)
+            try:
+                self._sock.send(schema.encode(msg), zmq.NOBLOCK)
+            except zmq.Again:
+                raise self._timeout(timeout) from None
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._sock.poll(remaining * 1000, zmq.POLLIN):
-                    raise LinkTimeout(
-                        f"no reply from {self.command_endpoint} within "
-                        f"{self.timeout if timeout is None else timeout:g} s (robot down"
-                        + (", or this client's key not authorised)" if self.curve else ")")
-                    )
+                    raise self._timeout(timeout)
                 frames = self._sock.recv_multipart()
                 try:
                     reply = schema.decode_reply(frames[-1])
@@ -117,6 +121,12 @@ class RobotClient:
                 if isinstance(reply, schema.ErrorReply):
                     raise RobotError(reply.code, reply.message)
                 return reply
+
+    def _timeout(self, timeout: float) -> LinkTimeout:
+        why = "robot down, or this client's key not authorised" if self.curve else "robot down"
+        if not self.curve:
+            why += ", or it uses CURVE: give --server-key"
+        return LinkTimeout(f"no reply from {self.command_endpoint} within {timeout:g} s ({why})")
 
     def ping(self) -> schema.Pong:
         return self.request(schema.Ping(v=schema.PROTOCOL_VERSION))

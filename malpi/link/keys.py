@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEYS_DIR = "~/.config/malpi/keys"
 SERVER = "server"
+ZAP_DOMAIN = "malpi"  # the sockets' ZAP domain; the authenticator checks keys for it
 CLIENT = "client"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -245,13 +246,13 @@ class ServerSecurity:
 
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("malpi.link.zap"))
         self._auth.start()
-        self._auth.configure_curve_callback("*", credentials_provider=self.authorized)
+        self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.authorized)
 
     def apply(self, sock) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
-        sock.zap_domain = b"malpi"
+        sock.zap_domain = ZAP_DOMAIN.encode()
 
     def stop(self) -> None:
         if self._auth is not None:

@@ -119,8 +119,9 @@ class PolicyManager:
                 expected_actions=c.action_table,
                 expected_image=(c.camera.height, c.camera.width),
             )
-        except BundleError as exc:
-            raise self._reject(str(exc) if what == "bundle" else f"{what}: {exc}") from exc
+        except Exception as exc:  # BundleError, or anything else untrusted bytes provoke
+            reason = str(exc) if isinstance(exc, BundleError) else f"unreadable bundle: {exc!r}"
+            raise self._reject(reason if what == "bundle" else f"{what}: {reason}") from exc
         try:
             return StepPolicy(
                 bundle,

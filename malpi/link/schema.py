@@ -324,7 +324,7 @@ def decode_request(data: bytes) -> AnyRequest:
     if len(data) > MAX_COMMAND_BYTES:
         try:
             kind = _head_decoder.decode(data).type
-        except (msgspec.DecodeError, RecursionError):
+        except Exception:  # noqa: BLE001 - anything undecodable is just "not load_policy"
             kind = ""
         if kind != "load_policy":
             raise ProtocolError(
@@ -337,7 +337,7 @@ def decode_request(data: bytes) -> AnyRequest:
             )
     try:
         request = _request_decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except Exception as exc:  # DecodeError, RecursionError, UnicodeDecodeError, ...
         raise _classify(data, exc) from None
     if request.v != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -354,7 +354,7 @@ def _classify(data: bytes, exc: Exception) -> ProtocolError:
     """Why a request failed to decode, as the most specific error code."""
     try:
         raw = msgspec.msgpack.decode(data)
-    except (msgspec.DecodeError, RecursionError) as e:
+    except Exception as e:  # invalid msgpack, too deep, invalid UTF-8 in a string, ...
         return ProtocolError("malformed", f"not a msgpack message: {e}")
     if not isinstance(raw, dict):
         return ProtocolError("malformed", f"a request is a msgpack map, got {type(raw).__name__}")

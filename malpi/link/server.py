@@ -329,6 +329,10 @@ class LinkServer:
         except ProtocolError as exc:
             self._error(envelope, exc.code, exc.message, _peek_id(body))
             return
+        except Exception as exc:  # decoding must never end this thread (that stops the car)
+            log.exception("link: undecodable request")
+            self._error(envelope, "malformed", f"{type(exc).__name__}: {exc}")
+            return
         try:
             self._dispatch(envelope, request)
         except ProtocolError as exc:

@@ -1,0 +1,120 @@
+"""The commands end to end: `malpi drive --sim` serves the link; telemetry, push and teleop use it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from link_helpers import bundles
+from policy_helpers import TINY_SPEC
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def malpi(*args, timeout=60, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "malpi", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
+    (tmp_path / "a.malpi").write_bytes(bundles()["a"])
+    (tmp_path / "b.malpi").write_bytes(bundles()["b"])
+    (tmp_path / "bad.malpi").write_bytes(bundles()["b"][:5000])
+    cmd_port, tel_port = free_port(), free_port()
+    drive = subprocess.Popen(
+        [
+            sys.executable, "-m", "malpi", "drive", "--sim", "--quiet",
+            "--set", f'policy.path="{tmp_path / "a.malpi"}"',
+            "--set", f'policy.store="{tmp_path / "store"}"',
+            "--set", f'recording.path="{tmp_path / "rec.sqlite"}"',
+            "--set", f"camera.width={TINY_SPEC.image_width}",
+            "--set", f"camera.height={TINY_SPEC.image_height}",
+            "--set", f'link.command="tcp://127.0.0.1:{cmd_port}"',
+            "--set", f'link.telemetry="tcp://127.0.0.1:{tel_port}"',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    host = f"127.0.0.1:{cmd_port}"
+    opts = ["--telemetry-port", str(tel_port), "--insecure", "--timeout", "10"]
+    conn = [host, *opts]
+    try:
+        out = malpi("telemetry", *conn, "--count", "6", "--topic", "step", "--topic", "frame")
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(lines) == 6 and {m["topic"] for m in lines} <= {"step", "frame"}
+        step = next(m for m in lines if m["topic"] == "step")
+        assert step["mode"] == "auto" and step["source"] == "policy" and len(step["probs"]) == 5
+
+        pushed = malpi("push", host, str(tmp_path / "b.malpi"), *opts)
+        assert pushed.returncode == 0, pushed.stderr[-2000:]
+        assert "running v1-" in pushed.stdout and "kept for the next boot" in pushed.stdout
+        bad = malpi("push", host, str(tmp_path / "bad.malpi"), *opts)
+        assert bad.returncode == 1 and "refused (rejected)" in bad.stdout
+        back = malpi("push", *conn, "--rollback", "--json")
+        assert back.returncode == 0 and json.loads(back.stdout)["type"] == "rollback_policy"
+
+        shot = tmp_path / "teleop.png"
+        ui = malpi(
+            "teleop", *conn, "--seconds", "1.5", "--size", "320x240", "--screenshot", str(shot),
+            env={"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"},
+        )  # fmt: skip
+        assert ui.returncode == 0, ui.stderr[-2000:]
+        assert shot.stat().st_size > 10_000
+    finally:
+        drive.send_signal(signal.SIGINT)
+        _, err = drive.communicate(timeout=30)
+    assert drive.returncode == 0, err[-3000:]
+    assert f"link: commands on tcp://127.0.0.1:{cmd_port}" in err
+
+
+def test_drive_refuses_a_busy_link_address_before_moving(tmp_path):
+    (tmp_path / "a.malpi").write_bytes(bundles()["a"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        out = malpi(
+            "drive", "--sim", "--quiet", "--duration", "5",
+            "--set", f'policy.path="{tmp_path / "a.malpi"}"',
+            "--set", f'recording.path="{tmp_path / "rec.sqlite"}"',
+            "--set", f"camera.width={TINY_SPEC.image_width}",
+            "--set", f"camera.height={TINY_SPEC.image_height}",
+            "--set", f'link.command="tcp://127.0.0.1:{port}"',
+            "--set", 'link.telemetry="tcp://127.0.0.1:*"',
+        )  # fmt: skip
+    assert out.returncode == 1 and time.monotonic() - t0 < 30
+    assert f"link.command: cannot bind tcp://127.0.0.1:{port}" in out.stderr
+
+
+def test_bench_link_quick(tmp_path, capsys):
+    from malpi.link import bench
+
+    (tmp_path / "a.malpi").write_bytes(bundles()["a"])
+    result = bench.run(
+        rate_hz=20,
+        requests=50,
+        reloads=1,
+        json_path=str(tmp_path / "b.json"),
+        seed_size=False,
+        policy=str(tmp_path / "a.malpi"),
+    )
+    saved = json.loads((tmp_path / "b.json").read_text())
+    for key in ("rtt_p99_ms", "rtt_curve_p99_ms", "reload_missed_periods", "reload_max_period_ms"):
+        assert saved[key] is not None and saved[key] == result[key]
+    assert saved["telemetry_step_msgs_per_s"] > 1000
+    assert "hot reload while driving" in capsys.readouterr().out
