@@ -85,12 +85,14 @@ class Judge:
         return False
 
 
-def run_ppo(seed: int, steps: int, eval_every: int, episodes: int, recurrent: bool = True) -> Run:
+def run_ppo(
+    seed: int, steps: int, eval_every: int, episodes: int, stop: bool = True, recurrent: bool = True
+) -> Run:
     from malpi.policy.spec import PolicySpec
     from malpi.rl import ppo
 
     method = "ppo_lstm" if recurrent else "ppo_feedforward"
-    judge = Judge(Run(method, seed), episodes)
+    judge = Judge(Run(method, seed), episodes, stop_at_target=stop)
     cfg = dataclasses.replace(ppo.CARTPOLE_CONFIG, seed=seed, total_steps=steps, log_every=50)
     spec = PolicySpec(**{**ppo.CARTPOLE_SPEC.__dict__, "recurrent": recurrent})
     per_update = cfg.num_steps * cfg.num_envs
@@ -107,10 +109,10 @@ def run_ppo(seed: int, steps: int, eval_every: int, episodes: int, recurrent: bo
     return judge.run
 
 
-def run_drqn(seed: int, steps: int, eval_every: int, episodes: int) -> Run:
+def run_drqn(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = True) -> Run:
     from malpi.rl import drqn, ppo
 
-    judge = Judge(Run("drqn", seed), episodes)
+    judge = Judge(Run("drqn", seed), episodes, stop_at_target=stop)
     cfg = dataclasses.replace(drqn.CARTPOLE_DRQN_CONFIG, seed=seed, total_steps=steps)
 
     def callback(p: ppo.Progress) -> bool:
@@ -156,7 +158,7 @@ class SB3Policy:
         return actions
 
 
-def run_sb3(seed: int, steps: int, eval_every: int, episodes: int) -> Run:
+def run_sb3(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = True) -> Run:
     """RecurrentPPO with rl-zoo's ppo_lstm CartPoleNoVel-v1 hyper-parameters."""
     import torch
     from sb3_contrib import RecurrentPPO
@@ -165,7 +167,10 @@ def run_sb3(seed: int, steps: int, eval_every: int, episodes: int) -> Run:
     from stable_baselines3.common.vec_env import VecNormalize
 
     judge = Judge(
-        Run("sb3_recurrent_ppo", seed), episodes, lambda: tasks.cartpole_novel(scale=False)
+        Run("sb3_recurrent_ppo", seed),
+        episodes,
+        lambda: tasks.cartpole_novel(scale=False),
+        stop_at_target=stop,
     )
     # rl-zoo's CartPoleNoVel-v1 drops the velocities without scaling; VecNormalize normalises.
     torch.set_num_threads(1)  # small networks: more threads only contend (2 shared cores)
@@ -215,7 +220,7 @@ def run_sb3(seed: int, steps: int, eval_every: int, episodes: int) -> Run:
             return not stop
 
     model.learn(total_timesteps=steps, callback=Every())
-    if judge.run.steps_to_475 is None and judge.run.steps < model.num_timesteps:
+    if judge.run.steps < model.num_timesteps:  # the budget ended between evaluations
         venv.training = False
         judge(model.num_timesteps, time.perf_counter() - t0 - judge.eval_s, SB3Policy(model, venv))
     return judge.run
@@ -223,7 +228,7 @@ def run_sb3(seed: int, steps: int, eval_every: int, episodes: int) -> Run:
 
 METHODS: dict[str, Callable[..., Run]] = {
     "ppo_lstm": run_ppo,
-    "ppo_feedforward": lambda *a: run_ppo(*a, recurrent=False),
+    "ppo_feedforward": lambda *a, **k: run_ppo(*a, **k, recurrent=False),
     "drqn": run_drqn,
     "sb3_recurrent_ppo": run_sb3,
 }
@@ -252,19 +257,27 @@ def run_bench(
     eval_every: int = 5_120,
     episodes: int = 100,
     control_seeds: list[int] | None = None,
+    stop_at_target: bool = True,
 ) -> dict[str, Any]:
-    """Run the methods; the JSON-ready report. ``control_seeds``: seeds for all but ppo_lstm."""
+    """Run the methods; the JSON-ready report. ``control_seeds``: seeds for all but ppo_lstm.
+
+    ``stop_at_target=False`` trains every run for the whole budget (does it stay solved?).
+    """
     report: dict[str, Any] = {
         "task": "CartPole-v1, velocities hidden (cart position, pole angle)",
         "target_return": TARGET,
         "eval_episodes": episodes,
         "eval_every_steps": eval_every,
         "budget_steps": steps,
+        "stop_at_target": stop_at_target,
         "methods": {},
     }
     for method in methods:
         these = seeds if method == "ppo_lstm" or control_seeds is None else control_seeds
-        runs = [METHODS[method](seed, steps, eval_every, episodes) for seed in these]
+        runs = [
+            METHODS[method](seed, steps, eval_every, episodes, stop=stop_at_target)
+            for seed in these
+        ]
         report["methods"][method] = {**summarize(runs), "runs": [r.to_dict() for r in runs]}
     lstm = report["methods"].get("ppo_lstm")
     if lstm:

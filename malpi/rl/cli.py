@@ -94,6 +94,9 @@ def register(commands, bench) -> None:
     b.add_argument("--eval-every", type=int, default=5_120)
     b.add_argument("--episodes", type=int, default=100)
     b.add_argument(
+        "--full", action="store_true", help="train the whole budget even after reaching 475"
+    )
+    b.add_argument(
         "--methods",
         default="ppo_lstm,ppo_feedforward,drqn,sb3_recurrent_ppo",
         help="comma-separated; sb3_recurrent_ppo is skipped when sb3-contrib is not installed",
@@ -194,6 +197,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         episodes=args.episodes,
         control_seeds=_seeds(args.control_seeds) if args.control_seeds else None,
+        stop_at_target=not args.full,
     )
     print(format_table(report))
     if args.json:
