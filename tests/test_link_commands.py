@@ -161,8 +161,7 @@ def test_several_clients_at_once_and_a_req_client(daemon):
     dealer.connect(daemon.link.command_endpoint)
     assert raw_request(dealer, [b"", request_bytes(type="ping", id=5)]).id == 5
     assert raw_request(dealer, [request_bytes(type="ping", id=6)]).id == 6
-    dealer.close()
-    ctx.term()
+    ctx.destroy(linger=0)
 
 
 def test_a_slow_subscriber_never_stalls_the_loop(tmp_path):
@@ -188,8 +187,7 @@ def test_a_slow_subscriber_never_stalls_the_loop(tmp_path):
         assert np.median(publish_ms) < 1.0 and np.percentile(publish_ms, 95) < 5.0
         assert loop.stats.periods - periods >= 0.85 * elapsed / PERIOD
         assert moving(d.factory) and not loop.faults.any
-        stuck.close(0)  # a subscriber that vanishes changes nothing either
-        ctx.term()
+        ctx.destroy(linger=0)  # a subscriber that vanishes changes nothing either
         time.sleep(5 * PERIOD)
         with d.client() as c:
             assert c.status().faults == {} and c.status().mode == "auto"

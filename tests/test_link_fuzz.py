@@ -104,8 +104,7 @@ def sock(daemon):
     s.setsockopt(zmq.LINGER, 0)
     s.connect(daemon.link.command_endpoint)
     yield s
-    s.close()
-    ctx.term()
+    ctx.destroy(linger=0)
 
 
 N = 1200

@@ -173,5 +173,10 @@ def test_the_documents_python_client_drives_the_robot(tmp_path, monkeypatch):
         d.robot.telemetry.add_sink(
             lambda t, p: seen.append(p.get("source")) if t == "step" else None
         )
-        exec(compile(code, "docs/protocol.md", "exec"), {"print": lambda *a: None})
+        scope = {"print": lambda *a: None}
+        try:
+            exec(compile(code, "docs/protocol.md", "exec"), scope)
+        finally:
+            if "ctx" in scope:  # a context left to the garbage collector could block in term()
+                scope["ctx"].destroy(linger=0)
         assert "human" in seen and d.robot.loop.mode == "paused" and not moving(d.factory)
