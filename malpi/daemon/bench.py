@@ -69,7 +69,10 @@ def _telemetry_publisher(robot, config):
         from malpi.link.server import TelemetryPublisher
     except ImportError:
         return None
-    publisher = TelemetryPublisher(config.link)
+    import dataclasses
+
+    # Any free port: a daemon already serving the configured one must not stop the bench.
+    publisher = TelemetryPublisher(dataclasses.replace(config.link, telemetry="tcp://127.0.0.1:*"))
     robot.telemetry.add_sink(publisher.sink)
     return publisher
 
