@@ -41,22 +41,21 @@ def run(
     result: dict[str, Any] = {"rate_hz": rate_hz}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        config = load_config(
-            None,
-            {
-                "camera.backend": "sim",
-                "drivetrain.backend": "sim",
-                "loop.rate_hz": rate_hz,
-                "camera.fps": max(30.0, rate_hz),
-                "recording.enabled": True,
-                "recording.path": str(tmp_path / "bench.sqlite"),
-                "policy.store": str(tmp_path / "store"),
-                "link.command": "tcp://127.0.0.1:*",
-                "link.telemetry": "tcp://127.0.0.1:*",
-                **(_policy_overrides(policy) if policy else {}),
-            },
-        )
-        bundles = _bundles(config, seed_size)
+        base = {
+            "camera.backend": "sim",
+            "drivetrain.backend": "sim",
+            "loop.rate_hz": rate_hz,
+            "camera.fps": max(30.0, rate_hz),
+            "recording.enabled": True,
+            "recording.path": str(tmp_path / "bench.sqlite"),
+            "policy.store": str(tmp_path / "store"),
+            "link.command": "tcp://127.0.0.1:*",
+            "link.telemetry": "tcp://127.0.0.1:*",
+        }
+        files = _bundle_files(tmp_path, load_config(None, base), seed_size, policy)
+        # The daemon boots from the first bundle's file, as a robot boots from its store.
+        config = load_config(None, {**base, **_policy_overrides(files[0][1])})
+        bundles = [(name, path.read_bytes()) for name, path in files]
         history: list[dict[str, float]] = []
         robot = build_robot(config, stage_history=history)
         link = LinkServer.for_robot(robot)
@@ -97,30 +96,62 @@ def _policy_overrides(path: str) -> dict[str, Any]:
     }
 
 
-def _bundles(config, seed_size: bool) -> list[tuple[str, bytes]]:
-    """The bundles to reload: the daemon's own policy, and the seed-size one if TensorFlow is here."""
+def _bundle_files(tmp: Path, config, seed_size: bool, policy: str | None) -> list[tuple[str, Path]]:
+    """The bundles to reload: ``policy`` or the daemon's usual one, and the seed-size one.
+
+    Made in a subprocess when TensorFlow is needed, so that the daemon's process stays as it
+    is on the robot: without TensorFlow (whose heap makes garbage collection pauses longer).
+    """
+    import subprocess
+    import sys
+
     from malpi.daemon.build import load_policy_bundle
 
-    bundle, _ = load_policy_bundle(config)
-    out = [] if bundle is None else [("default", bundle.to_bytes())]
-    if seed_size:
-        try:
-            from malpi.policy.export import make_bundle
-            from malpi.policy.model import build_policy
-            from malpi.policy.spec import SEED_SPEC
-
-            spec = SEED_SPEC.__class__(
-                **{
-                    **SEED_SPEC.__dict__,
-                    "image_height": config.camera.height,
-                    "image_width": config.camera.width,
-                }
-            )
-            seed = make_bundle(build_policy(spec, seed=0), config.action_table)
-            out.append(("seed", seed.to_bytes()))
-        except ImportError as exc:
-            log.warning("no seed-size bundle (needs TensorFlow): %s", exc)
+    out: list[tuple[str, Path]] = []
+    if policy:
+        out.append(("default", Path(policy)))
+    elif config.policy.path or _store_or_installed(config):
+        bundle, _ = load_policy_bundle(config)
+        out.append(("default", bundle.save(tmp / "default.malpi")))
+    wanted = [] if out else ["default"]
+    wanted += ["seed"] if seed_size else []
+    if wanted:
+        h, w = config.camera.height, config.camera.width
+        code = f"from malpi.link.bench import _make; _make({str(tmp)!r}, {h}, {w}, {wanted!r})"
+        made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if made.returncode != 0:
+            log.warning("no %s bundle (needs TensorFlow): %s", wanted, made.stderr[-500:])
+        out += [(n, tmp / f"{n}.malpi") for n in wanted if (tmp / f"{n}.malpi").is_file()]
+    if not out:
+        raise RuntimeError("no policy bundle to drive: give --policy FILE, or install TensorFlow")
     return out
+
+
+def _store_or_installed(config) -> bool:
+    from importlib import resources
+
+    from malpi.daemon.build import DEFAULT_POLICY
+    from malpi.link.store import PolicyStore
+
+    shipped = resources.files("malpi") / "data" / DEFAULT_POLICY
+    return PolicyStore(config.policy.store).current() is not None or shipped.is_file()
+
+
+def _make(directory: str, height: int, width: int, names: list[str]) -> None:
+    """(In a subprocess, with TensorFlow) untrained bundles: the default and the seed architecture."""
+    from malpi.actions import DEFAULT_ACTIONS
+    from malpi.policy.export import make_bundle
+    from malpi.policy.model import build_policy
+    from malpi.policy.spec import DEFAULT_SPEC, SEED_SPEC, PolicySpec
+
+    for name in names:
+        base = DEFAULT_SPEC if name == "default" else SEED_SPEC
+        spec = PolicySpec.from_dict(
+            {**base.to_dict(), "image_height": height, "image_width": width}
+        )
+        provenance = {"made_by": f"malpi bench link ({name}, untrained)"}
+        bundle = make_bundle(build_policy(spec, seed=0), DEFAULT_ACTIONS, provenance=provenance)
+        bundle.save(Path(directory) / f"{name}.malpi")
 
 
 def _pct(values, q) -> float | None:
@@ -251,46 +282,115 @@ def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
 
 
 def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dict[str, Any]:
+    """Bundles pushed from another process (as from the trainer's machine) while driving in auto."""
+    import subprocess
+    import sys
+
     from malpi.link.client import RobotClient
 
     if not bundles:
         return {"reload_missed_periods": None, "reload_max_period_ms": None, "reloads": 0}
-    client = RobotClient(
-        command=link.command_endpoint, telemetry=link.telemetry_endpoint, insecure=True
+    files = []
+    tmp = Path(tempfile.mkdtemp(prefix="malpi-bench-"))
+    for name, data in bundles:
+        (tmp / f"{name}.malpi").write_bytes(data)
+        files.append((name, tmp / f"{name}.malpi", len(data)))
+    # (copies: the originals stay where the daemon booted from)
+    pusher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from malpi.link.bench import _pusher; _pusher({link.command_endpoint!r})",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     per_bundle: dict[str, Any] = {}
     windows: list[tuple[float, float]] = []
+    by_name: dict[str, list[tuple[float, float]]] = {}
     try:
-        client.set_mode("auto")
-        time.sleep(1.0)
+        with RobotClient(command=link.command_endpoint, insecure=True) as client:
+            client.set_mode("auto")
+        pusher.stdin.write("ready\n")
+        pusher.stdin.flush()
+        pusher.stdout.readline()  # the pusher has started and connected
+        time.sleep(0.5)
+        # As long as the loads will take, without them: the machine's own noise, for comparison.
+        quiet_s = max(2.0, reloads * len(files) * 0.6)
         missed_before = robot.loop.stats.missed_periods
-        for name, data in bundles:
+        quiet = (time.monotonic(), time.monotonic() + quiet_s)
+        time.sleep(quiet_s)
+        missed_quiet = robot.loop.stats.missed_periods
+        for name, path, size in files:
             load_ms = []
             for _ in range(reloads):
                 t0 = time.monotonic()
-                reply = client.load_policy(data, timeout=300)
+                pusher.stdin.write(f"{path}\n")
+                pusher.stdin.flush()
+                reply = json.loads(pusher.stdout.readline())
                 windows.append((t0, time.monotonic()))
-                load_ms.append(reply.load_ms)
+                by_name.setdefault(name, []).append(windows[-1])
+                if "error" in reply:
+                    raise RuntimeError(f"loading {name} failed: {reply['error']}")
+                load_ms.append(reply["load_ms"])
                 time.sleep(0.3)
-            per_bundle[name] = {"bytes": len(data), "load_ms_median": _pct(load_ms, 50)}
+            per_bundle[name] = {"bytes": size, "load_ms_median": _pct(load_ms, 50)}
         time.sleep(0.2)
-        missed = robot.loop.stats.missed_periods - missed_before
+        missed = robot.loop.stats.missed_periods - missed_quiet
     finally:
-        client.close()
+        pusher.stdin.close()
+        pusher.wait(30)
+        for _, path, _ in files:
+            path.unlink(missing_ok=True)
+        tmp.rmdir()
     starts = np.array([h["start"] for h in history])
     intervals = np.diff(starts) * 1000
-    during = [
-        intervals[i - 1]
-        for i in range(1, len(starts))
-        if any(a <= starts[i] <= b + 2 / rate_hz for a, b in windows)
-    ]
+
+    def periods_in(spans):
+        return [
+            intervals[i - 1]
+            for i in range(1, len(starts))
+            if any(a <= starts[i] <= b + 2 / rate_hz for a, b in spans)
+        ]
+
+    during, baseline = periods_in(windows), periods_in([quiet])
+    for name, spans in by_name.items():
+        longest = periods_in(spans)
+        per_bundle[name]["max_period_ms"] = round(float(max(longest)), 3) if longest else None
     return {
         "reloads": len(windows),
         "reload_missed_periods": int(missed),
         "reload_max_period_ms": round(float(max(during)), 3) if during else None,
         "reload_period_p99_ms": _pct(during, 99),
+        "quiet_max_period_ms": round(float(max(baseline)), 3) if baseline else None,
+        "quiet_missed_periods": int(missed_quiet - missed_before),
+        "quiet_seconds": round(quiet_s, 1),
         "reload_bundles": per_bundle,
     }
+
+
+def _pusher(endpoint: str) -> None:
+    """The bench's pusher process: loads each bundle file named on stdin, prints the reply."""
+    import sys
+
+    from malpi.link.client import RobotClient, RobotError
+
+    cache: dict[str, bytes] = {}
+    with RobotClient(command=endpoint, insecure=True, timeout=300) as client:
+        client.ping()
+        for line in sys.stdin:
+            path = line.strip()
+            if path == "ready":
+                print("{}", flush=True)
+                continue
+            data = cache.setdefault(path, Path(path).read_bytes())
+            try:
+                reply = client.load_policy(data, timeout=300)
+                out = {"load_ms": reply.load_ms, "version": reply.version}
+            except RobotError as exc:
+                out = {"error": str(exc)}
+            print(json.dumps(out), flush=True)
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -318,9 +418,14 @@ def format_table(r: dict[str, Any]) -> str:
         f"{f(r.get('reload_missed_periods'))}, longest period {f(r.get('reload_max_period_ms'))} ms "
         f"(target {1000 / r['rate_hz']:.1f} ms), p99 {f(r.get('reload_period_p99_ms'))} ms"
     )
+    lines.append(
+        f"  the same {f(r.get('quiet_seconds'))} s without loads: missed periods "
+        f"{f(r.get('quiet_missed_periods'))}, longest period {f(r.get('quiet_max_period_ms'))} ms"
+    )
     for name, b in (r.get("reload_bundles") or {}).items():
         lines.append(
             f"  {name} bundle {b['bytes'] / 1e6:.1f} MB: validated and built in "
-            f"{f(b['load_ms_median'])} ms (median), off the control thread"
+            f"{f(b['load_ms_median'])} ms (median), off the control thread; "
+            f"longest period {f(b.get('max_period_ms'))} ms"
         )
     return "\n".join(lines)

@@ -14,9 +14,14 @@ second, both atomic) and the daemon boots with the current one.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
 import time
+import zipfile
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 from malpi.config import Config
 from malpi.daemon.loop import ControlLoop, DaemonStopped
@@ -26,6 +31,40 @@ from malpi.policy.bundle import BundleError, PolicyBundle
 from malpi.policy.runtime import StepPolicy
 
 log = logging.getLogger(__name__)
+
+
+def to_bytes(data: bytes | memoryview) -> bytes:
+    """``bytes`` from a received frame's view, copied without holding the GIL for long.
+
+    ``bytes(view)`` of a 50 MB bundle holds the GIL for ~40 ms (mostly page faults on the
+    fresh buffer), long enough to delay a control period. Written to a memfd and read back,
+    the kernel does the copying and the page faults while the GIL is free.
+    """
+    if isinstance(data, bytes):
+        return data
+    view = memoryview(data)
+    if len(view) < (1 << 20) or not hasattr(os, "memfd_create"):
+        return bytes(view)
+    fd = os.memfd_create("malpi-bundle")
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        os.lseek(fd, 0, os.SEEK_SET)
+        out = os.read(fd, len(view))
+    except OSError:
+        return bytes(view)
+    finally:
+        os.close(fd)
+    return out if len(out) == len(view) else bytes(view)
+
+
+def _label(data: bytes) -> str:
+    """A bundle's label from its manifest alone (cheap: no payload is read)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    return f"v{manifest['version']}-{manifest['id'][:8]}"
+
 
 SWAP_TIMEOUT = 5.0  # s: the loop applies commands every period, so this means it is stuck
 
@@ -41,8 +80,9 @@ class PolicyManager:
 
     # -- the commands ---------------------------------------------------------------
 
-    def load(self, data: bytes) -> PolicyReply:
+    def load(self, data: bytes | memoryview) -> PolicyReply:
         t0 = time.perf_counter()
+        data = to_bytes(data)
         policy = self._build(data, what="bundle")
         load_ms = (time.perf_counter() - t0) * 1000
         running = self.loop.policy
@@ -149,8 +189,27 @@ class PolicyManager:
         history = self.store.history()
         if running is not None and (not history or history[-1].label != running.version):
             note = f"running ({self.source or 'at boot'}) when a new policy arrived"
-            history.append(self.store.put(running.version, running.bundle.to_bytes(), note))
+            history.append(self.store.put(running.version, self._bytes_of(running), note))
         return history
+
+    def _bytes_of(self, running: StepPolicy) -> bytes:
+        """The running bundle's file: its original bytes if it came from policy.path (re-zipping
+        a 50 MB bundle takes seconds of CPU the control loop would compete with), else rebuilt."""
+        from importlib import resources
+
+        from malpi.daemon.build import DEFAULT_POLICY
+
+        candidates = [resources.files("malpi") / "data" / DEFAULT_POLICY]
+        if self.config.policy.path:
+            candidates.insert(0, Path(self.config.policy.path).expanduser())
+        for path in candidates:
+            try:
+                data = path.read_bytes()
+                if _label(data) == running.version:
+                    return data
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                continue
+        return running.bundle.to_bytes()
 
     def _reject(self, reason: str) -> ProtocolError:
         log.warning("policy rejected: %s", reason)

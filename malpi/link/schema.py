@@ -96,7 +96,9 @@ class Record(Request, tag="record"):
 
 
 class LoadPolicy(Request, tag="load_policy"):
-    bundle: bytes  # a complete policy bundle file (msgpack bin)
+    # A complete policy bundle file (msgpack bin). Decoded as a zero-copy view of the received
+    # frame, so that a 50 MB bundle is never copied while holding the GIL; clients may pass bytes.
+    bundle: memoryview
 
 
 class RollbackPolicy(Request, tag="rollback_policy"):

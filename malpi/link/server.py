@@ -308,7 +308,8 @@ class LinkServer:
             if self._router in ready:
                 for _ in range(100):  # bounded, so finished replies are not starved
                     try:
-                        frames = self._router.recv_multipart(zmq.NOBLOCK)
+                        # Zero-copy: a 50 MB bundle is not copied under the GIL here.
+                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._handle(frames)
@@ -318,11 +319,15 @@ class LinkServer:
             self._finish_done()
             self._expire()
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> None:
         self.stats["requests"] += 1
         envelope, body = _split(frames)
         if body is None:
-            self._error(envelope, "malformed", f"expected one body frame, got {len(frames) - 1}")
+            self._error(
+                envelope,
+                "malformed",
+                f"expected one body frame after the envelope, got {len(frames) - len(envelope)}",
+            )
             return
         try:
             request = schema.decode_request(body)
@@ -527,16 +532,20 @@ class LinkServer:
                 os.close(fd)
 
 
-def _split(frames: list[bytes]) -> tuple[list[bytes], bytes | None]:
+def _split(frames: list) -> tuple[list[bytes], memoryview | None]:
     """(envelope to echo, body): the envelope is the identity up to and including an empty
-    delimiter frame (REQ clients send one; DEALER clients may). Exactly one body frame follows."""
-    rest = frames[1:]
+    delimiter frame (REQ clients send one; DEALER clients may). Exactly one body frame follows.
+    ``frames`` are zmq.Frame (or bytes); the body is returned as a zero-copy memoryview."""
+    empty = [len(f) == 0 for f in frames]
     try:
-        cut = rest.index(b"") + 2
+        cut = empty.index(True, 1) + 1
     except ValueError:
         cut = 1
-    envelope, body = frames[:cut], frames[cut:]
-    return envelope, body[0] if len(body) == 1 else None
+    envelope = [f.bytes if isinstance(f, zmq.Frame) else f for f in frames[:cut]]
+    if len(frames) - cut != 1:
+        return envelope, None
+    body = frames[cut]
+    return envelope, body.buffer if isinstance(body, zmq.Frame) else memoryview(body)
 
 
 def _peek_id(body: bytes) -> int:
