@@ -99,6 +99,7 @@ class Teleop:
         self.frames_received = 0
         self.running = True
         self._next_drive = 0.0
+        self._last_contact = 0.0
         self._connect_joystick()
         status = client.status()
         self.actions = status.actions
@@ -113,6 +114,7 @@ class Teleop:
         self._handle_input()
         self._receive()
         self._drive()
+        self._ping()
         self.draw()
         self.pg.display.flip()
         self.clock.tick(self.fps)
@@ -218,7 +220,21 @@ class Teleop:
         except RobotError as exc:
             self.events.append(f"drive refused: {exc.message}")
         self.drive_times.append(now)
+        self._last_contact = now
         del self.drive_times[:-200]
+
+    def _ping(self) -> None:
+        """While not driving, a ping a second keeps the link figure (and "link lost") current."""
+        now = time.monotonic()
+        if now - self._last_contact < 1.0:
+            return
+        self._last_contact = now
+        t0 = time.perf_counter()
+        try:
+            self.client.request(schema.Ping(v=schema.PROTOCOL_VERSION), DRIVE_TIMEOUT)
+            self.rtt_ms, self.link_ok = (time.perf_counter() - t0) * 1000, True
+        except LinkTimeout:
+            self.link_ok = False
 
     def _command(self, what: str, fn, *args) -> Any:
         try:
@@ -363,7 +379,8 @@ class Teleop:
         if step is not None:
             who = step.source or "stopped"
             value = f"  value {step.value:+.2f}" if step.value is not None else ""
-            self._text(self.small, f"{who}{value}", (w - 150, top + 82), (250, 200, 40))
+            label = self.small.render(f"{who}{value}", True, (250, 200, 40))
+            screen.blit(label, (w - label.get_width() - 8, top - label.get_height() - 2))
 
     def _panel(self, lines, pos, colour=(255, 255, 255), width=None) -> None:
         pg = self.pg
