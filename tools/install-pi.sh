@@ -33,10 +33,23 @@ if [ ! -f "$conf" ]; then
   "$prefix/venv/bin/malpi" config show \
     --set camera.backend=picamera2 \
     --set drivetrain.backend=differential \
-    --set recording.path='"/var/lib/malpi/episodes.sqlite"' > "$conf.new"
+    --set recording.path='"/var/lib/malpi/episodes.sqlite"' \
+    --set policy.store='"/var/lib/malpi/policies"' \
+    --set link.curve=true \
+    --set link.keys_dir='"/etc/malpi/keys"' \
+    --set link.command='"tcp://0.0.0.0:5555"' \
+    --set link.telemetry='"tcp://0.0.0.0:5556"' > "$conf.new"
   mv "$conf.new" "$conf"
   echo "wrote $conf: check the GPIO pins in [drivetrain.differential] before driving"
 fi
+# The link's CURVE key pair (docs/protocol.md, Security); only authorised clients get in.
+if [ ! -f /etc/malpi/keys/server.key_secret ]; then
+  "$prefix/venv/bin/malpi" keys init --server --dir /etc/malpi/keys
+fi
+install -d -m 0700 -o malpi -g malpi /etc/malpi/keys /etc/malpi/keys/authorized
+chown malpi:malpi /etc/malpi/keys/server.key /etc/malpi/keys/server.key_secret
+echo "authorise an operator: sudo $prefix/venv/bin/malpi keys authorize THEIR_client.key --name NAME --dir /etc/malpi/keys/authorized"
+echo "and give them /etc/malpi/keys/server.key (malpi keys trust $(hostname) server.key on their machine)"
 # Validate before installing the unit: a bad config must not reach the motors.
 "$prefix/venv/bin/malpi" config show --config "$conf" > /dev/null
 
