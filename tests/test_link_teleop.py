@@ -98,3 +98,44 @@ def check_screenshot(path, video_size):
     assert tuple(image[12, 12]) == MODE_COLOURS["manual"]  # the mode badge
     panel = image[h - 90 : h - 20, :, :]  # the probability bars (the straight one taken: yellow)
     assert ((panel[..., 0] > 200) & (panel[..., 1] > 150) & (panel[..., 2] < 100)).sum() > 50
+
+
+class Pad:
+    """A stand-in gamepad: a left stick and four buttons."""
+
+    def __init__(self, x=0.0, y=0.0, buttons=()):
+        self.axes, self.buttons = [x, y], set(buttons)
+
+    def get_numaxes(self):
+        return 2
+
+    def get_axis(self, i):
+        return self.axes[i]
+
+    def get_numbuttons(self):
+        return 4
+
+    def get_button(self, i):
+        return int(i in self.buttons)
+
+
+def test_gamepad_stick_and_stop_button():
+    pygame.display.init()
+    ui = Teleop.__new__(Teleop)  # only the input mapping, no window or robot
+    ui.pg, ui.held, ui.actions = pygame, set(), TABLE
+    ui.joystick = Pad()
+    assert ui.wish() == (False, 0.0, 0.0)  # centred: nothing held, nothing sent
+    ui.joystick = Pad(x=0.05, y=-0.1)
+    assert ui.wish() == (False, 0.0, 0.0)  # inside the dead zone
+    ui.joystick = Pad(y=-0.9)  # stick forward
+    stop, steer, throttle = ui.wish()
+    assert not stop and choose_action(TABLE, steer, throttle) == 2
+    ui.joystick = Pad(x=-1.0, y=-0.5)
+    assert choose_action(TABLE, *ui.wish()[1:]) == 0
+    ui.joystick = Pad(x=0.45)  # steering alone drives forward, gently right
+    assert choose_action(TABLE, *ui.wish()[1:]) == 3
+    ui.joystick = Pad(x=1.0, buttons={0})  # A held: stop wins
+    assert ui.wish()[0] is True
+    ui.held = {pygame.K_LEFT}  # the keyboard wins over the stick
+    ui.joystick = Pad(x=1.0)
+    assert choose_action(TABLE, *ui.wish()[1:]) == 0

@@ -357,9 +357,21 @@ class LinkServer:
                 r = loop.drive(req.action, req.seq)
             except ValueError as exc:
                 raise ProtocolError("invalid", str(exc)) from exc
-            self._send(envelope, schema.DriveReply(id=req.id, **r))
+            self._send(
+                envelope,
+                schema.DriveReply(
+                    id=req.id, accepted=r["accepted"], mode=r["mode"], reason=r.get("reason")
+                ),
+            )
         elif isinstance(req, schema.SetMode):
-            self._later(envelope, req, loop.set_mode(req.mode), lambda r: schema.ModeReply(**r))
+            self._later(
+                envelope,
+                req,
+                loop.set_mode(req.mode),
+                lambda r: schema.ModeReply(
+                    mode=r["mode"], previous=r["previous"], rearmed=r["rearmed"]
+                ),
+            )
         elif isinstance(req, schema.ResetEpisode):
             self._later(
                 envelope,
@@ -378,7 +390,10 @@ class LinkServer:
             )
         elif isinstance(req, schema.Record):
             self._later(
-                envelope, req, loop.set_recording(req.on), lambda r: schema.RecordReply(**r)
+                envelope,
+                req,
+                loop.set_recording(req.on),
+                lambda r: schema.RecordReply(recording=r["recording"], episode=r["episode"]),
             )
         elif isinstance(req, schema.LoadPolicy | schema.RollbackPolicy):
             if self._loading:
