@@ -108,8 +108,13 @@ def cmd_drive(args: argparse.Namespace) -> int:
     link = None
     try:
         if config.link.enabled:  # binds now: a refused or busy address stops here, motors stopped
-            from malpi.link.server import start_link
-
+            try:
+                from malpi.link.server import start_link
+            except ImportError as exc:
+                raise SystemExit(
+                    f"malpi drive: the link needs pyzmq and msgspec ({exc}): "
+                    "pip install 'malpi[robot]', or run with --no-link"
+                ) from exc
             link = start_link(robot)
         if not args.quiet and sys.stderr.isatty() or os.environ.get("MALPI_STATUS_LINE"):
             robot.telemetry.add_sink(StatusLine(robot).sink)
