@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,14 @@ def _read_zip(data: bytes) -> dict[str, bytes]:
         raise BundleError(
             f"not a readable policy bundle (truncated or corrupt archive): {exc}"
         ) from exc
-    except (zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except (
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+    ) as exc:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(
