@@ -51,7 +51,10 @@ def test_bad_link_values_name_the_key(overrides, message):
     ],
 )
 def test_good_link_values(overrides):
-    load_config(None, overrides)
+    config = load_config(None, overrides)  # raises ConfigError if refused
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        assert getattr(getattr(config, section), name) == value
 
 
 @pytest.mark.parametrize(
