@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -431,8 +431,10 @@ class Trainer:
         return z, z.copy()
 
     def _pipelines(self) -> int:
-        workers = getattr(self.strategy.extended, "_num_workers", 1) or 1
-        return int(workers)
+        """Input pipelines (one per worker); the strategy's input contexts say the same."""
+        # Not public API: MultiWorkerMirroredStrategy's extended object knows its worker count;
+        # every other strategy runs one worker.
+        return int(getattr(self.strategy.extended, "_num_workers", 1) or 1)
 
     def _distribute_lanes(self, lanes: tuple[np.ndarray, np.ndarray]):
         """This worker's lanes' states as per-replica values (replica r: its slice of lanes)."""
@@ -621,7 +623,3 @@ def export_bundle(
     bundle.save(out)
     log.info("bundle %s -> %s (%d bytes)", bundle.label, out, Path(out).stat().st_size)
     return bundle
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    return replace(config, **changes)

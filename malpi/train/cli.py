@@ -55,6 +55,12 @@ def register(commands, bench) -> None:
         "--beta", type=float, default=0.3, help="chance the expert acts, first iteration"
     )
     g.add_argument("--beta-decay", type=float, default=0.5)
+    g.add_argument(
+        "--takeover",
+        type=float,
+        default=0.7,
+        help="the expert takes over this far off the centre line (fraction of the half-width; 0 = never)",
+    )
     _sim_args(g)
     _train_args(g)
     g.set_defaults(func=cmd_dagger)
@@ -139,11 +145,13 @@ def _train_args(p: argparse.ArgumentParser, with_workdir: bool = True) -> None:
             "--init", help="start from these weights (a bundle or .npz); its spec is kept"
         )
     p.add_argument(
-        "--mode", default="tbptt", help="LSTM state across chunks: tbptt | burnin | zero"
+        "--mode", default="burnin", help="LSTM state of long episodes: burnin | tbptt | zero"
     )
     p.add_argument("--length", type=int, default=32, help="steps per training sequence")
-    p.add_argument("--stride", type=int, default=24, help="burnin/zero: steps between windows")
-    p.add_argument("--burn-in", type=int, default=8)
+    p.add_argument(
+        "--stride", type=int, default=None, help="burnin/zero: steps between windows (3/4 length)"
+    )
+    p.add_argument("--burn-in", type=int, default=None, help="burnin: warm-up steps (1/4 length)")
     p.add_argument("--batch", type=int, default=16, help="sequences per batch (global)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on batches per epoch")
@@ -173,7 +181,12 @@ def _train_config(args: argparse.Namespace):
     from malpi.train.data import SequenceConfig
 
     return TrainConfig(
-        sequence=SequenceConfig(args.mode, args.length, args.stride, args.burn_in),
+        sequence=SequenceConfig(
+            args.mode,
+            args.length,
+            args.stride if args.stride is not None else max(1, args.length * 3 // 4),
+            args.burn_in if args.burn_in is not None else args.length // 4,
+        ),
         batch_size=args.batch,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -321,6 +334,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
         steps=args.rollout_steps,
         beta=args.beta,
         beta_decay=args.beta_decay,
+        takeover=args.takeover or None,
         sim=_sim_setup(args, (spec.image_height, spec.image_width)),
     )
     weights, record = dagger(

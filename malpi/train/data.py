@@ -44,7 +44,7 @@ STATE_MODES = ("zero", "tbptt", "burnin")
 
 @dataclass(frozen=True)
 class SequenceConfig:
-    mode: str = "tbptt"
+    mode: str = "burnin"  # the best driver at equal compute (docs/trainer.md)
     length: int = 32  # steps per sequence (the unrolled length of the LSTM)
     stride: int = 24  # zero/burnin: steps between window starts (<= length - burn_in)
     burn_in: int = 8  # burnin: warm-up steps without loss (not at an episode start)

@@ -81,11 +81,3 @@ def is_chief(strategy: Any) -> bool:
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
-
-
-def worker_index(strategy: Any) -> tuple[int, int]:
-    """(this worker's input pipeline, number of pipelines)."""
-    workers = getattr(strategy.extended, "_num_workers", 1) or 1
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_id = getattr(resolver, "task_id", 0) if resolver is not None else 0
-    return int(task_id or 0), int(workers)

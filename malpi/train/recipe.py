@@ -5,7 +5,8 @@ can be rerun after an interruption (finished stages are kept, training resumes
 from its last checkpoint):
 
 1. expert demonstrations on training tracks (with perturbations), recorded;
-2. behaviour cloning (TBPTT) on them;
+2. behaviour cloning on them (stored state + burn-in: measured to train the
+   better driver, see docs/trainer.md);
 3. DAgger: roll-outs of the current policy through LiteRT with the expert
    labelling every state and taking over near the edge, then retraining on
    everything gathered, a few times;
@@ -37,7 +38,7 @@ def _bc_config():
     from malpi.train.data import SequenceConfig
 
     return TrainConfig(
-        sequence=SequenceConfig(mode="tbptt", length=32),
+        sequence=SequenceConfig(mode="burnin", length=32, stride=24, burn_in=8),
         batch_size=16,
         epochs=3,
         learning_rate=1e-3,
