@@ -14,9 +14,9 @@ any worker), sensor noise fresh for every frame:
   on the road, and the label would be wrong).
 
 Why OpenCV and not TensorFlow ops: at 160 x 120 the per-frame work is tiny and
-TensorFlow's kernels (and its Philox normal sampler above all) cost ~2.5 ms of
-CPU per frame, more than training on the frame; these saturating uint8 OpenCV
-calls and a pre-drawn noise bank cost ~0.1 ms.
+TensorFlow's kernels (its Philox normal sampler and symmetric padding above
+all) cost ~2.5 ms of CPU per frame, more than training on the frame; these
+saturating uint8 OpenCV calls and a pre-drawn noise bank cost ~0.25 ms.
 """
 
 from __future__ import annotations
