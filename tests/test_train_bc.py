@@ -90,6 +90,7 @@ def test_training_writes_history_checkpoints_and_tensorboard_logs(trained):
     history = json.loads((workdir / "history.json").read_text())
     assert len(history["history"]) == 4 and history["curve"]
     assert (workdir / "best.npz").exists()
+    assert (workdir / "curves.png").exists() and (workdir / "confusion.png").exists()
     assert (workdir / "checkpoints" / "latest").exists()
     scalars = read_scalars(workdir / "logs" / "train")
     assert "loss" in scalars and scalars["loss"][-1][0] <= progress.global_step

@@ -183,6 +183,10 @@ class Trainer:
             self.net.set_named_weights(load_weights(self.workdir / "best.npz"))
         for w in self._tb.values():
             w.flush()
+        if self.chief:
+            from malpi.train.pictures import write_training_pictures
+
+            write_training_pictures(self.workdir)
         log.info("training finished in %.0f s", time.monotonic() - started)
         return self.progress
 

@@ -299,7 +299,6 @@ def cmd_bc(args: argparse.Namespace) -> int:
     progress = trainer.fit(train, val)
     if not trainer.chief:
         return 0
-    _plots(workdir)
     parent = meta["parent"]
     bundle = export_bundle(
         trainer.weights(),
@@ -398,28 +397,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plots(workdir: Path) -> None:
-    from malpi.train.pictures import confusion_picture, save_png, training_curves
-
-    history = workdir / "history.json"
-    if history.exists():
-        save_png(workdir / "curves.png", training_curves(json.loads(history.read_text())))
-    conf = workdir / "confusion.json"
-    config = workdir / "config.json"
-    if conf.exists() and config.exists():
-        names = [a["name"] for a in json.loads(config.read_text())["actions"]]
-        save_png(
-            workdir / "confusion.png",
-            confusion_picture(
-                json.loads(conf.read_text()),
-                names,
-                "validation: target (rows) vs predicted (columns)",
-            ),
-        )
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
-    from malpi.train.pictures import save_png, training_curves
+    from malpi.train.pictures import save_png, training_curves, write_training_pictures
 
     workdir = Path(args.workdir)
     history = workdir / "history.json"
@@ -428,7 +407,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.out:
         save_png(args.out, training_curves(json.loads(history.read_text())))
     else:
-        _plots(workdir)
+        write_training_pictures(workdir)
     print(f"wrote {args.out or workdir / 'curves.png'}")
     return 0
 

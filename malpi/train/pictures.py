@@ -190,6 +190,26 @@ def trajectory_grid(
     return out
 
 
+def write_training_pictures(workdir: str | os.PathLike[str]) -> list[Path]:
+    """curves.png (and confusion.png of the best validation epoch) in a training workdir."""
+    import json
+
+    workdir = Path(workdir)
+    written = []
+    history = workdir / "history.json"
+    if history.exists():
+        curves = training_curves(json.loads(history.read_text()))
+        written.append(save_png(workdir / "curves.png", curves))
+    conf, config = workdir / "confusion.json", workdir / "config.json"
+    if conf.exists() and config.exists():
+        names = [a["name"] for a in json.loads(config.read_text())["actions"]]
+        picture = confusion_picture(
+            json.loads(conf.read_text()), names, "validation: target (rows) vs predicted (columns)"
+        )
+        written.append(save_png(workdir / "confusion.png", picture))
+    return written
+
+
 def write_evaluation_pictures(
     outdir: str | os.PathLike[str], report: dict[str, Any], drives: Sequence[Any]
 ) -> list[Path]:
