@@ -140,7 +140,12 @@ class ScriptedCamera(CaptureCamera):
 
     def __init__(self, period=0.002, frames=None, fail_at=None, open_error=None, **kw):
         super().__init__(height=4, width=4, **kw)
-        self.period, self.frames, self.fail_at, self.open_error = period, frames, fail_at, open_error
+        self.period, self.frames, self.fail_at, self.open_error = (
+            period,
+            frames,
+            fail_at,
+            open_error,
+        )
         self.n = 0
         self.timestamps: list[float] = []
         self.opened = 0

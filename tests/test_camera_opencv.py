@@ -190,8 +190,9 @@ def fake_device(monkeypatch):
 
 
 def test_device_is_asked_for_size_rate_format_and_one_buffer(fake_device):
-    cam = OpenCVCamera(0, height=12, width=16, capture_width=320, capture_height=240, fps=30,
-                       fourcc="MJPG")
+    cam = OpenCVCamera(
+        0, height=12, width=16, capture_width=320, capture_height=240, fps=30, fourcc="MJPG"
+    )
     with cam:
         frame = cam.wait_newer(-1, 1.0)
         dev = fake_device.instances[0]

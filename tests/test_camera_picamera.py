@@ -38,8 +38,9 @@ def wait_frames(cam, n, timeout=2.0):
 
 
 def test_configures_a_video_stream_and_delivers_rgb(fake):
-    cam = Picamera2Camera(0, height=12, width=16, capture_width=64, capture_height=48,
-                          fps=100.0, buffer_count=3)
+    cam = Picamera2Camera(
+        0, height=12, width=16, capture_width=64, capture_height=48, fps=100.0, buffer_count=3
+    )
     with cam:
         frame = cam.wait_newer(-1, 2.0)
         pc = fake.Picamera2.instances[0]
@@ -63,8 +64,7 @@ def test_configures_a_video_stream_and_delivers_rgb(fake):
 
 
 def test_timestamps_are_the_sensor_timestamps_on_the_monotonic_clock(fake):
-    with Picamera2Camera(height=12, width=16, capture_width=64, capture_height=48,
-                         fps=50.0) as cam:
+    with Picamera2Camera(height=12, width=16, capture_width=64, capture_height=48, fps=50.0) as cam:
         frames = wait_frames(cam, 4)
         pc = fake.Picamera2.instances[0]
         assert len(frames) == 4
@@ -78,8 +78,9 @@ def test_timestamps_are_the_sensor_timestamps_on_the_monotonic_clock(fake):
 
 
 def test_every_request_is_released(fake):
-    cam = Picamera2Camera(height=12, width=16, capture_width=64, capture_height=48,
-                          fps=200.0, buffer_count=2)
+    cam = Picamera2Camera(
+        height=12, width=16, capture_width=64, capture_height=48, fps=200.0, buffer_count=2
+    )
     cam.start()
     frames = wait_frames(cam, 20)
     pc = fake.Picamera2.instances[0]
@@ -90,8 +91,9 @@ def test_every_request_is_released(fake):
 
 
 def test_the_scene_content_is_the_current_frame(fake):
-    with Picamera2Camera(height=48, width=64, capture_width=64, capture_height=48,
-                         fps=100.0) as cam:
+    with Picamera2Camera(
+        height=48, width=64, capture_width=64, capture_height=48, fps=100.0
+    ) as cam:
         frames = wait_frames(cam, 3)
     levels = [int(f.image[0, 20, 1]) for f in frames]  # green top row = frame number
     assert levels == sorted(levels) and len(set(levels)) == 3
@@ -120,8 +122,15 @@ def test_picamera2_not_installed_names_the_fix(monkeypatch):
 
 def test_a_camera_that_stops_delivering_is_an_observable_error(fake):
     errors = []
-    cam = Picamera2Camera(height=12, width=16, capture_width=64, capture_height=48,
-                          fps=100.0, frame_timeout=0.1, on_error=errors.append)
+    cam = Picamera2Camera(
+        height=12,
+        width=16,
+        capture_width=64,
+        capture_height=48,
+        fps=100.0,
+        frame_timeout=0.1,
+        on_error=errors.append,
+    )
     cam.start()
     assert wait_frames(cam, 2)
     pc = fake.Picamera2.instances[0]

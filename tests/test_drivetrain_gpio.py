@@ -21,8 +21,9 @@ LPH, LPW, RPH, RPW = 5, 12, 6, 13
 
 IN_IN = dict(driver="in_in", left_forward=LF, left_backward=LB, right_forward=RF, right_backward=RB)
 IN_IN_EN = dict(IN_IN, left_enable=LEN, right_enable=REN)
-PH_EN = dict(driver="phase_enable", left_phase=LPH, left_enable=LPW, right_phase=RPH,
-             right_enable=RPW)
+PH_EN = dict(
+    driver="phase_enable", left_phase=LPH, left_enable=LPW, right_phase=RPH, right_enable=RPW
+)
 
 # Worked out by hand from DEFAULT_ACTIONS: left = throttle + steering, right = throttle -
 # steering, each clamped to [-1, 1]; e.g. hard_left (-0.8, 0.45) -> (-0.35, 1.25 -> 1.0).
@@ -145,8 +146,9 @@ def test_pwm_pins_are_pwm_and_frequency_is_configurable(make, factory):
         (MotorCommand(math.inf, 0.0), {LF: 0.0, LB: 0.0, RF: 0.0, RB: 0.0}),
     ],
 )
-def test_out_of_range_commands_are_clamped_and_non_finite_ones_stop(make, factory, command,
-                                                                     expected):
+def test_out_of_range_commands_are_clamped_and_non_finite_ones_stop(
+    make, factory, command, expected
+):
     dt = make(**IN_IN)
     dt.apply(MotorCommand(0.0, 0.5))
     if math.isfinite(command.steering) and math.isfinite(command.throttle):
@@ -244,8 +246,9 @@ def test_stops_racing_commands_leave_consistent_outputs(make, factory):
         while not stop_flag.is_set():
             dt.stop()
 
-    threads = [threading.Thread(target=driver) for _ in range(3)] + \
-        [threading.Thread(target=stopper) for _ in range(3)]
+    threads = [threading.Thread(target=driver) for _ in range(3)] + [
+        threading.Thread(target=stopper) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     threading.Event().wait(0.2)

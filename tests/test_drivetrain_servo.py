@@ -120,8 +120,12 @@ def test_non_finite_command_stops_and_raises(make, factory):
         ({"max_speed": 0.5}, MotorCommand(0.0, 0.7), (1500, 1675)),
         ({"max_speed": 0.5}, MotorCommand(0.0, -1.0), (1500, 1250)),
         (
-            {"steering_min_us": 1100, "steering_max_us": 1900, "throttle_min_us": 1200,
-             "throttle_max_us": 1800},
+            {
+                "steering_min_us": 1100,
+                "steering_max_us": 1900,
+                "throttle_min_us": 1200,
+                "throttle_max_us": 1800,
+            },
             MotorCommand(1.0, -1.0),
             (1900, 1200),
         ),

@@ -336,7 +336,9 @@ def test_new_directories_and_a_config_changed_after_the_start(tmp_path):
 
 def test_one_recorder_per_file(db):
     first = Recorder(db)
-    with pytest.raises(StoreError, match=f"already being recorded by another recorder \\(process {os.getpid()}\\)"):
+    with pytest.raises(
+        StoreError, match=f"already being recorded by another recorder \\(process {os.getpid()}\\)"
+    ):
         Recorder(db)
     with EpisodeStore(db, readonly=True) as store:  # readers are welcome
         assert store.episodes() == []

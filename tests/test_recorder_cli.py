@@ -113,7 +113,12 @@ def test_export(malpi, db, tmp_path):
 def test_clear_errors_name_the_file_and_the_problem(malpi, tmp_path, make, message):
     path = tmp_path / "x.sqlite"
     make(path)
-    for argv in (("list",), ("show", "1"), ("delete", "1"), ("export", "1", "--out", str(tmp_path / "o"))):
+    for argv in (
+        ("list",),
+        ("show", "1"),
+        ("delete", "1"),
+        ("export", "1", "--out", str(tmp_path / "o")),
+    ):
         code, out, err = malpi("episodes", *argv, "--db", str(path))
         assert code == 1 and out == ""
         assert err.startswith("malpi: error: ") and str(path) in err and message in err

@@ -39,7 +39,10 @@ def test_delete_removes_the_episode_and_its_steps_only(db):
         assert store.delete_episode(2) == 4
         assert [e.id for e in store.episodes()] == [1, 3]
         assert store.count_steps() == 11
-        assert store._conn.execute("SELECT count(*) FROM steps WHERE episode_id = 2").fetchone()[0] == 0
+        assert (
+            store._conn.execute("SELECT count(*) FROM steps WHERE episode_id = 2").fetchone()[0]
+            == 0
+        )
         for ep, n in ((1, 6), (3, 5)):
             for s in store.iter_steps(ep):
                 check_stored(s, ep, s.step, last=s.step == n - 1)

@@ -54,6 +54,7 @@ def test_demos_bc_and_eval_from_the_command_line(tmp_path, capsys):
     for key in ("tracks", "laps_mean", "offtrack_episodes", "next_action_accuracy"):
         assert key in report
     assert report["backend"] == "litert_int8" and report["car"] == "differential"
-    assert [t["track"] for t in report["tracks"]] == [1000]
+    assert report["tracks"] == 1
+    assert [t["track"] for t in report["per_track"]] == [1000]
     assert 0 <= report["next_action_accuracy"] <= 1 and report["held_out_steps"] > 0
     assert (pictures / "trajectories.png").exists() and (pictures / "confusion.png").exists()

@@ -91,8 +91,10 @@ class FrameTransform:
 
         out = image
         if self.crop is not None:
-            out = out[self._span(h, self.crop[1], self.crop[3], self.vflip),
-                      self._span(w, self.crop[0], self.crop[2], self.hflip)]
+            out = out[
+                self._span(h, self.crop[1], self.crop[3], self.vflip),
+                self._span(w, self.crop[0], self.crop[2], self.hflip),
+            ]
         if out.shape[:2] != (self.height, self.width):
             shrink = out.shape[0] >= self.height and out.shape[1] >= self.width
             # INTER_AREA averages when shrinking (no aliasing); it is blocky when enlarging.
@@ -223,8 +225,11 @@ class CaptureCamera(Camera):
             thread.join(self.join_timeout)
             if thread.is_alive():
                 # The grab is stuck in the driver; the thread releases the device when it returns.
-                log.warning("%s: capture thread still blocked after %.1f s; leaving it to exit",
-                            self._describe(), self.join_timeout)
+                log.warning(
+                    "%s: capture thread still blocked after %.1f s; leaving it to exit",
+                    self._describe(),
+                    self.join_timeout,
+                )
         log.info("%s closed", self._describe())
 
     # -- health --------------------------------------------------------------

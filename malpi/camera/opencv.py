@@ -51,8 +51,9 @@ class OpenCVCamera(CaptureCamera):
         loop: bool = False,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        super().__init__(height=height, width=width, crop=crop, hflip=hflip, vflip=vflip,
-                         on_error=on_error)
+        super().__init__(
+            height=height, width=width, crop=crop, hflip=hflip, vflip=vflip, on_error=on_error
+        )
         if isinstance(source, str) and source.strip().isdigit():
             source = int(source)
         if isinstance(source, bool) or not isinstance(source, int | str) or source == "":
@@ -88,8 +89,12 @@ class OpenCVCamera(CaptureCamera):
             file_fps = self._cap.get(cv2.CAP_PROP_FPS)
             rate = self.fps or (file_fps if 0 < file_fps < 1000 else _DEFAULT_FILE_FPS)
             self._period = 1.0 / rate
-            log.info("%s: playing at %.1f fps%s", self._describe(), rate,
-                     ", looping" if self.loop else "")
+            log.info(
+                "%s: playing at %.1f fps%s",
+                self._describe(),
+                rate,
+                ", looping" if self.loop else "",
+            )
         else:
             self._configure_device(self._cap)
 
@@ -112,9 +117,13 @@ class OpenCVCamera(CaptureCamera):
             cap.set(cv2.CAP_PROP_FPS, self.fps)
         # Fewer driver buffers = less latency; our thread drains them anyway.
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        log.info("%s: %dx%d at %.1f fps", self._describe(),
-                 int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                 cap.get(cv2.CAP_PROP_FPS))
+        log.info(
+            "%s: %dx%d at %.1f fps",
+            self._describe(),
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            cap.get(cv2.CAP_PROP_FPS),
+        )
 
     def _grab(self) -> tuple[np.ndarray, float] | None:
         assert self._cap is not None

@@ -52,8 +52,9 @@ class Picamera2Camera(CaptureCamera):
         frame_timeout: float = 2.0,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        super().__init__(height=height, width=width, crop=crop, hflip=hflip, vflip=vflip,
-                         on_error=on_error)
+        super().__init__(
+            height=height, width=width, crop=crop, hflip=hflip, vflip=vflip, on_error=on_error
+        )
         if isinstance(camera_num, bool) or not isinstance(camera_num, int) or camera_num < 0:
             raise ValueError(f"camera_num must be a non-negative integer, got {camera_num!r}")
         for name, v in (("capture_width", capture_width), ("capture_height", capture_height)):
@@ -108,9 +109,14 @@ class Picamera2Camera(CaptureCamera):
             cam.close()
             raise CameraError(f"{self._describe()}: cannot configure/start: {exc}") from exc
         self._cam = cam
-        log.info("%s: %s, %s %s at %.1f fps", self._describe(),
-                 cameras[self.camera_num].get("Model", "unknown model"),
-                 self.pixel_format, cam.camera_configuration()["main"]["size"], self.fps)
+        log.info(
+            "%s: %s, %s %s at %.1f fps",
+            self._describe(),
+            cameras[self.camera_num].get("Model", "unknown model"),
+            self.pixel_format,
+            cam.camera_configuration()["main"]["size"],
+            self.fps,
+        )
 
     def _grab(self) -> tuple[np.ndarray, float]:
         try:
@@ -139,8 +145,9 @@ class Picamera2Camera(CaptureCamera):
                 return min(ts, now)
         if not self._warned_clock:
             self._warned_clock = True
-            log.warning("%s: unusable SensorTimestamp %r; using the time of arrival",
-                        self._describe(), ns)
+            log.warning(
+                "%s: unusable SensorTimestamp %r; using the time of arrival", self._describe(), ns
+            )
         return now
 
     def _release(self) -> None:

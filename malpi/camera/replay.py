@@ -77,7 +77,9 @@ class ReplayCamera(CaptureCamera):
         self.period = 1.0 / fps if fps else self._recorded_period()
         self.frames_played = 0
         self.loops_completed = 0
-        self._store: EpisodeStore | None = None  # opened in the capture thread (SQLite is per thread)
+        self._store: EpisodeStore | None = (
+            None  # opened in the capture thread (SQLite is per thread)
+        )
         self._frames: Iterator[tuple[float, bytes]] | None = None
         self._prev_time: float | None = None  # recorded capture time of the frame delivered last
         self._next_due = 0.0

@@ -59,10 +59,14 @@ class DifferentialDrive(GuardedDrivetrain):
     ) -> None:
         super().__init__()
         pins = {
-            "left_forward": left_forward, "left_backward": left_backward,
-            "right_forward": right_forward, "right_backward": right_backward,
-            "left_phase": left_phase, "right_phase": right_phase,
-            "left_enable": left_enable, "right_enable": right_enable,
+            "left_forward": left_forward,
+            "left_backward": left_backward,
+            "right_forward": right_forward,
+            "right_backward": right_backward,
+            "left_phase": left_phase,
+            "right_phase": right_phase,
+            "left_enable": left_enable,
+            "right_enable": right_enable,
         }
         _check_pins(driver, pins)
         _check_number("max_speed", max_speed, 0.0, 1.0, low_open=True)
@@ -82,19 +86,31 @@ class DifferentialDrive(GuardedDrivetrain):
         made: list[Any] = []  # close what was built if a later pin fails
         try:
             if driver == "in_in":
-                left = Motor(left_forward, left_backward, enable=left_enable, pwm=True,
-                             pin_factory=pin_factory)
+                left = Motor(
+                    left_forward,
+                    left_backward,
+                    enable=left_enable,
+                    pwm=True,
+                    pin_factory=pin_factory,
+                )
                 made.append(left)
-                right = Motor(right_forward, right_backward, enable=right_enable, pwm=True,
-                              pin_factory=pin_factory)
+                right = Motor(
+                    right_forward,
+                    right_backward,
+                    enable=right_enable,
+                    pwm=True,
+                    pin_factory=pin_factory,
+                )
                 made.append(right)
-                pwm_devices = [m.forward_device for m in (left, right)] + \
-                    [m.backward_device for m in (left, right)]
+                pwm_devices = [m.forward_device for m in (left, right)] + [
+                    m.backward_device for m in (left, right)
+                ]
             else:
                 left = PhaseEnableMotor(left_phase, left_enable, pwm=True, pin_factory=pin_factory)
                 made.append(left)
-                right = PhaseEnableMotor(right_phase, right_enable, pwm=True,
-                                         pin_factory=pin_factory)
+                right = PhaseEnableMotor(
+                    right_phase, right_enable, pwm=True, pin_factory=pin_factory
+                )
                 made.append(right)
                 pwm_devices = [left.enable_device, right.enable_device]
             self._robot = Robot(left, right, pin_factory=pin_factory)
@@ -109,8 +125,11 @@ class DifferentialDrive(GuardedDrivetrain):
                 device.close()
             raise
         self._left, self._right = left, right
-        log.info("DifferentialDrive(%s): %s", driver,
-                 ", ".join(f"{k}={v}" for k, v in pins.items() if v is not None))
+        log.info(
+            "DifferentialDrive(%s): %s",
+            driver,
+            ", ".join(f"{k}={v}" for k, v in pins.items() if v is not None),
+        )
 
     def speeds(self, command: MotorCommand) -> tuple[float, float]:
         """The calibrated (left, right) motor values this command produces, each in [-1, 1]."""

@@ -32,12 +32,18 @@ Pin = int | str
 class PulseMap:
     """A command value in [-1, 1] -> a pulse width in microseconds, through a centre point."""
 
-    def __init__(self, name: str, min_us: float, center_us: float | None, max_us: float,
-                 reversed_: bool) -> None:
+    def __init__(
+        self, name: str, min_us: float, center_us: float | None, max_us: float, reversed_: bool
+    ) -> None:
         for key, v in (("min_us", min_us), ("max_us", max_us), ("center_us", center_us)):
             if v is None and key == "center_us":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or not math.isfinite(v)
+                or v <= 0
+            ):
                 raise ValueError(f"{name}_{key} must be a positive number, got {v!r}")
         center = (min_us + max_us) / 2 if center_us is None else center_us
         if not min_us < center < max_us:
@@ -84,19 +90,28 @@ class ServoDrive(GuardedDrivetrain):
         for name, pin in (("steering_pin", steering_pin), ("throttle_pin", throttle_pin)):
             if pin is None or isinstance(pin, bool) or not isinstance(pin, int | str):
                 raise ValueError(f"{name} must be a GPIO number or name, got {pin!r}")
-        same = (steering_pin.upper() if isinstance(steering_pin, str) else steering_pin) == \
-            (throttle_pin.upper() if isinstance(throttle_pin, str) else throttle_pin)
+        same = (steering_pin.upper() if isinstance(steering_pin, str) else steering_pin) == (
+            throttle_pin.upper() if isinstance(throttle_pin, str) else throttle_pin
+        )
         if same:
             raise ValueError(f"pin {steering_pin!r} is used twice: steering_pin and throttle_pin")
-        self.steering = PulseMap("steering", steering_min_us, steering_center_us, steering_max_us,
-                                 steering_reversed)
-        self.throttle = PulseMap("throttle", throttle_min_us, throttle_neutral_us, throttle_max_us,
-                                 throttle_reversed)
-        if isinstance(max_speed, bool) or not isinstance(max_speed, int | float) \
-                or not 0.0 < max_speed <= 1.0:
+        self.steering = PulseMap(
+            "steering", steering_min_us, steering_center_us, steering_max_us, steering_reversed
+        )
+        self.throttle = PulseMap(
+            "throttle", throttle_min_us, throttle_neutral_us, throttle_max_us, throttle_reversed
+        )
+        if (
+            isinstance(max_speed, bool)
+            or not isinstance(max_speed, int | float)
+            or not 0.0 < max_speed <= 1.0
+        ):
             raise ValueError(f"max_speed={max_speed!r} is outside (0, 1]")
-        if isinstance(frame_us, bool) or not isinstance(frame_us, int | float) \
-                or not math.isfinite(frame_us):
+        if (
+            isinstance(frame_us, bool)
+            or not isinstance(frame_us, int | float)
+            or not math.isfinite(frame_us)
+        ):
             raise ValueError(f"frame_us must be a finite number, got {frame_us!r}")
         for m in (self.steering, self.throttle):
             if m.max_us >= frame_us:
@@ -107,7 +122,9 @@ class ServoDrive(GuardedDrivetrain):
         def make(pin: Pin, pulses: PulseMap) -> Servo:
             return Servo(
                 pin,
-                initial_value=pulses.servo_value(pulses.center_us),  # centred / neutral from the start
+                initial_value=pulses.servo_value(
+                    pulses.center_us
+                ),  # centred / neutral from the start
                 min_pulse_width=pulses.min_us / 1e6,
                 max_pulse_width=pulses.max_us / 1e6,
                 frame_width=self.frame_us / 1e6,
@@ -120,14 +137,24 @@ class ServoDrive(GuardedDrivetrain):
         except BaseException:
             self._steering_servo.close()
             raise
-        log.info("ServoDrive: steering on %s (%g/%g/%g us), throttle on %s (%g/%g/%g us)",
-                 steering_pin, self.steering.min_us, self.steering.center_us, self.steering.max_us,
-                 throttle_pin, self.throttle.min_us, self.throttle.center_us, self.throttle.max_us)
+        log.info(
+            "ServoDrive: steering on %s (%g/%g/%g us), throttle on %s (%g/%g/%g us)",
+            steering_pin,
+            self.steering.min_us,
+            self.steering.center_us,
+            self.steering.max_us,
+            throttle_pin,
+            self.throttle.min_us,
+            self.throttle.center_us,
+            self.throttle.max_us,
+        )
 
     def pulses_us(self, command: MotorCommand) -> tuple[float, float]:
         """The (steering, throttle) pulse widths in microseconds this command produces."""
         c = command.clamped()
-        return self.steering.pulse_us(c.steering), self.throttle.pulse_us(c.throttle * self.max_speed)
+        return self.steering.pulse_us(c.steering), self.throttle.pulse_us(
+            c.throttle * self.max_speed
+        )
 
     def _write(self, command: MotorCommand) -> None:
         steering_us, throttle_us = self.pulses_us(command)

@@ -36,7 +36,10 @@ def _time_steps(step: Callable[[int], None], steps: int, warmup: int) -> list[fl
 
 def _summary(times_ms: list[float]) -> dict[str, float]:
     a = np.asarray(times_ms)
-    return {"median_ms": round(float(np.median(a)), 4), "p99_ms": round(float(np.percentile(a, 99)), 4)}
+    return {
+        "median_ms": round(float(np.median(a)), 4),
+        "p99_ms": round(float(np.percentile(a, 99)), 4),
+    }
 
 
 def bench_architecture(spec: PolicySpec, steps: int, warmup: int, slow_steps: int) -> dict:
@@ -69,7 +72,11 @@ def bench_architecture(spec: PolicySpec, steps: int, warmup: int, slow_steps: in
 
         return _time_steps(step, steps, warmup)
 
-    for way, backend in (("litert_float", "litert_float"), ("litert_int8", "litert_int8"), ("tf_function", "tf")):
+    for way, backend in (
+        ("litert_float", "litert_float"),
+        ("litert_int8", "litert_int8"),
+        ("tf_function", "tf"),
+    ):
         result[way] = _summary(step_policy_way(backend))
         log.info("%s %s: %s", spec_name(spec), way, result[way])
 
@@ -87,7 +94,9 @@ def bench_architecture(spec: PolicySpec, steps: int, warmup: int, slow_steps: in
     x = keras.layers.Concatenate()([features, prev_in])
     lstm = keras.layers.LSTM(u, return_sequences=True, stateful=True)
     seq = lstm(x)
-    stateful = keras.Model([frames_in, prev_in], [keras.layers.Softmax()(net.policy_head(seq)), net.value_head(seq)])
+    stateful = keras.Model(
+        [frames_in, prev_in], [keras.layers.Softmax()(net.policy_head(seq)), net.value_head(seq)]
+    )
     lstm.set_weights(net.cell.get_weights())
     prev_onehot = one_hot([[0]], n)
     predict_times = _time_steps(
@@ -103,7 +112,9 @@ def bench_architecture(spec: PolicySpec, steps: int, warmup: int, slow_steps: in
     zeros = tf.zeros((1, u))
     for window in (3, 10):
         fn = tf.function(
-            lambda f, p, s: seq_model({"frames": f, "prev_actions": p, "episode_starts": s, "h0": zeros, "c0": zeros})["logits"],
+            lambda f, p, s: seq_model(
+                {"frames": f, "prev_actions": p, "episode_starts": s, "h0": zeros, "c0": zeros}
+            )["logits"],
             input_signature=[
                 tf.TensorSpec((1, window, *spec.observation_shape), tf.uint8),
                 tf.TensorSpec((1, window, n), tf.float32),
@@ -128,7 +139,9 @@ def spec_name(spec: PolicySpec) -> str:
     return "default" if spec == DEFAULT_SPEC else "seed" if spec == SEED_SPEC else "custom"
 
 
-def run(steps: int = 300, warmup: int = 50, slow_steps: int = 300, json_path: str | None = None) -> dict:
+def run(
+    steps: int = 300, warmup: int = 50, slow_steps: int = 300, json_path: str | None = None
+) -> dict:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -143,8 +156,12 @@ def run(steps: int = 300, warmup: int = 50, slow_steps: int = 300, json_path: st
     }
     d = results["default"]
     results["default_speedups"] = {
-        "litert_float_vs_keras_predict": round(d["keras_predict"]["median_ms"] / d["litert_float"]["median_ms"], 1),
-        "litert_float_vs_window_t10": round(d["window_t10"]["median_ms"] / d["litert_float"]["median_ms"], 1),
+        "litert_float_vs_keras_predict": round(
+            d["keras_predict"]["median_ms"] / d["litert_float"]["median_ms"], 1
+        ),
+        "litert_float_vs_window_t10": round(
+            d["window_t10"]["median_ms"] / d["litert_float"]["median_ms"], 1
+        ),
     }
     print(format_table(results))
     if json_path:
@@ -160,12 +177,21 @@ def format_table(results: dict) -> str:
     ]
     for way in WAYS:
         d, s = results["default"][way], results["seed"][way]
-        lines.append(f"{way:<16}{d['median_ms']:>16.3f}{d['p99_ms']:>10.3f}{s['median_ms']:>14.3f}{s['p99_ms']:>10.3f}")
-    for key, label in (("params", "parameters"), ("macs_per_step", "multiply-adds/step"), ("weight_bytes", "float weight bytes"), ("int8_model_bytes", "int8 model bytes")):
+        lines.append(
+            f"{way:<16}{d['median_ms']:>16.3f}{d['p99_ms']:>10.3f}{s['median_ms']:>14.3f}{s['p99_ms']:>10.3f}"
+        )
+    for key, label in (
+        ("params", "parameters"),
+        ("macs_per_step", "multiply-adds/step"),
+        ("weight_bytes", "float weight bytes"),
+        ("int8_model_bytes", "int8 model bytes"),
+    ):
         lines.append(f"{label:<22}{results['default'][key]:>10,}{results['seed'][key]:>24,}")
     late = results["default"]["litert_float"]["after_2000_steps_median_ms"]
     sp = results["default_speedups"]
-    lines.append(f"default LiteRT float after 2,000 steps: {late:.3f} ms (episode length does not matter)")
+    lines.append(
+        f"default LiteRT float after 2,000 steps: {late:.3f} ms (episode length does not matter)"
+    )
     lines.append(
         f"default LiteRT float is {sp['litert_float_vs_keras_predict']}x faster than predict() per step "
         f"and {sp['litert_float_vs_window_t10']}x faster than the T=10 window"

@@ -14,9 +14,17 @@ def register(commands, bench) -> None:
 
     new = sub.add_parser("new", help="a fresh (untrained) policy bundle from a spec")
     new.add_argument("--out", required=True, help="bundle file to write")
-    new.add_argument("--spec", help="TOML or JSON file with spec fields (default: the default spec)")
-    new.add_argument("--seed-architecture", action="store_true", help="use the seed post's 5.9 M-parameter architecture")
-    new.add_argument("--actions", help="TOML or JSON file with an [[actions]] list (default: the built-in table)")
+    new.add_argument(
+        "--spec", help="TOML or JSON file with spec fields (default: the default spec)"
+    )
+    new.add_argument(
+        "--seed-architecture",
+        action="store_true",
+        help="use the seed post's 5.9 M-parameter architecture",
+    )
+    new.add_argument(
+        "--actions", help="TOML or JSON file with an [[actions]] list (default: the built-in table)"
+    )
     new.add_argument("--seed", type=int, default=0, help="random seed for the initial weights")
     new.set_defaults(func=cmd_new)
 
@@ -57,7 +65,9 @@ def cmd_new(args: argparse.Namespace) -> int:
     from malpi.policy.model import build_policy
 
     net = build_policy(spec, seed=args.seed)
-    bundle = make_bundle(net, actions, provenance={"made_by": "malpi policy new", "init_seed": args.seed})
+    bundle = make_bundle(
+        net, actions, provenance={"made_by": "malpi policy new", "init_seed": args.seed}
+    )
     bundle.save(args.out)
     print(f"wrote {args.out}: {bundle.label}, {spec.params:,} parameters, {len(actions)} actions")
     return 0
@@ -76,8 +86,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"bundle      {args.bundle}  (valid)")
     print(f"policy      {bundle.label}  parent={m['parent']}  created={m['created']}")
     print(f"input       {obs}  conv={[(c.filters, c.kernel, c.stride) for c in spec.conv]}")
-    print(f"network     bottleneck={spec.bottleneck} lstm={spec.lstm_units}  params={spec.params:,}  macs/step={spec.macs_per_step:,}")
-    print("actions     " + ", ".join(f"{i}:{a.name}({a.steering:+.2f},{a.throttle:+.2f})" for i, a in enumerate(bundle.actions)))
+    print(
+        f"network     bottleneck={spec.bottleneck} lstm={spec.lstm_units}  params={spec.params:,}  macs/step={spec.macs_per_step:,}"
+    )
+    print(
+        "actions     "
+        + ", ".join(
+            f"{i}:{a.name}({a.steering:+.2f},{a.throttle:+.2f})"
+            for i, a in enumerate(bundle.actions)
+        )
+    )
     for name, p in sorted(m["payloads"].items()):
         print(f"payload     {name:<14}{p['bytes']:>10,} bytes  sha256 {p['sha256'][:16]}…")
     print(f"provenance  {json.dumps(m['provenance'], sort_keys=True)}")

@@ -83,7 +83,9 @@ def _write_directory(store: EpisodeStore, info: EpisodeInfo, tmp: Path) -> None:
             frame = f"frames/{s.step:06d}.jpg"
             (tmp / frame).write_bytes(s.jpeg)
             name = names[s.action] if 0 <= s.action < len(names) else ""
-            probs = [str(np.float32(p)) for p in s.probs] if s.probs is not None else [""] * len(names)
+            probs = (
+                [str(np.float32(p)) for p in s.probs] if s.probs is not None else [""] * len(names)
+            )
             writer.writerow(
                 [s.step, frame, s.action, name, s.source, "" if s.value is None else repr(s.value),
                  repr(s.reward), int(s.done), repr(s.capture_time), repr(s.action_time),
@@ -119,9 +121,13 @@ def copy_episode(store: EpisodeStore, episode_id: int, dest: Path) -> int:
     if dest.exists() and dest.resolve() == store.path.resolve():
         raise StoreError(f"{dest} is the database the episode is in")
     with EpisodeStore(dest, create=True) as dst:
-        existing = dst._conn.execute("SELECT id FROM episodes WHERE uuid = ?", (info.uuid,)).fetchone()
+        existing = dst._conn.execute(
+            "SELECT id FROM episodes WHERE uuid = ?", (info.uuid,)
+        ).fetchone()
         if existing:
-            raise StoreError(f"{dest} already holds this episode (uuid {info.uuid}) as episode {existing[0]}")
+            raise StoreError(
+                f"{dest} already holds this episode (uuid {info.uuid}) as episode {existing[0]}"
+            )
         dst.begin()  # one transaction: the copy is all there or not at all
         try:
             new_id = dst.insert_episode(

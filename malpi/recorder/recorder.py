@@ -199,7 +199,9 @@ class Recorder:
             os.close(self._lock_fd)
             raise
         self._mailbox = _Mailbox(queue_size)
-        self._lock = threading.Lock()  # guards the episode state below, for callers on several threads
+        self._lock = (
+            threading.Lock()
+        )  # guards the episode state below, for callers on several threads
         self._episode: int | None = None
         self._episode_meta: EpisodeMeta | None = None
         self._step_index = 0
@@ -277,7 +279,9 @@ class Recorder:
             self._stats.steps_queued += 1
             return index
 
-    def end_episode(self, outcome: str = "finished", final_reward: float | None = None) -> int | None:
+    def end_episode(
+        self, outcome: str = "finished", final_reward: float | None = None
+    ) -> int | None:
         """End the current episode (no-op without one); returns its id.
 
         ``final_reward`` is added to the last step's reward by readers (a terminal
@@ -352,7 +356,9 @@ class Recorder:
         now = time.monotonic()
         if now - self._last_drop_log >= 5.0:  # rate-limited: logging must not slow the loop
             self._last_drop_log = now
-            log.warning("recorder dropped a step (%s); %d dropped so far", why, self._stats.steps_dropped)
+            log.warning(
+                "recorder dropped a step (%s); %d dropped so far", why, self._stats.steps_dropped
+            )
 
     def _run(self) -> None:
         store: EpisodeStore | None = None

@@ -131,9 +131,7 @@ def _check_and_init(
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     except sqlite3.DatabaseError as exc:
-        raise NotAMalpiDatabase(
-            f"{p} is not an SQLite database, or is damaged ({exc})"
-        ) from exc
+        raise NotAMalpiDatabase(f"{p} is not an SQLite database, or is damaged ({exc})") from exc
     if app_id == 0 and version == 0 and not tables:
         if not create:
             raise NotAMalpiDatabase(f"{p} is an empty SQLite file, not an episode database")
@@ -158,7 +156,9 @@ def _check_and_init(
 def _set_wal(conn: sqlite3.Connection, p: Path) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
-        raise StoreError(f"{p}: cannot switch to WAL journaling (got {mode!r}); is it on a network drive?")
+        raise StoreError(
+            f"{p}: cannot switch to WAL journaling (got {mode!r}); is it on a network drive?"
+        )
 
 
 def _initialise(conn: sqlite3.Connection, p: Path) -> None:

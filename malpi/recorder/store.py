@@ -426,11 +426,14 @@ class EpisodeStore:
     ) -> bool:
         """Set an episode's outcome; False if there is no such episode."""
         end = "coalesce(ended_at, ?)" if keep_end_time else "?"
-        return self._conn.execute(
-            f"UPDATE episodes SET outcome = ?, ended_at = {end}, "
-            "final_reward = coalesce(?, final_reward) WHERE id = ?",
-            (outcome, ended_at, final_reward, episode_id),
-        ).rowcount > 0
+        return (
+            self._conn.execute(
+                f"UPDATE episodes SET outcome = ?, ended_at = {end}, "
+                "final_reward = coalesce(?, final_reward) WHERE id = ?",
+                (outcome, ended_at, final_reward, episode_id),
+            ).rowcount
+            > 0
+        )
 
     def recover_interrupted(self) -> list[int]:
         """Mark episodes left 'running' by a dead recorder as 'interrupted'. Call only when
@@ -455,7 +458,9 @@ class EpisodeStore:
             config = json.loads(row[7])
             table = ActionTable.from_list(json.loads(row[8]))
         except (ValueError, ActionTableError) as exc:
-            raise StoreError(f"{self.path}: episode {row[0]} has unreadable metadata: {exc}") from exc
+            raise StoreError(
+                f"{self.path}: episode {row[0]} has unreadable metadata: {exc}"
+            ) from exc
         return EpisodeInfo(*row[:7], config, table, *row[9:])
 
     def _step(self, info: EpisodeInfo, row: tuple[Any, ...], decode: bool) -> StoredStep:
@@ -491,4 +496,3 @@ class EpisodeStore:
 def _check_outcome(outcome: str) -> None:
     if outcome not in END_OUTCOMES:
         raise ValueError(f"outcome must be one of {END_OUTCOMES}, not {outcome!r}")
-

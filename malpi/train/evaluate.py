@@ -269,7 +269,7 @@ def evaluate_bundle(
         "backend": backend,
         "car": car,
         "laps_target": laps,
-        "tracks": [d.to_dict() for d in drives],
+        "tracks": len(drives),
         "laps_mean": float(np.mean([d.laps for d in drives])) if drives else 0.0,
         "offtrack_episodes": sum(d.left_track for d in drives),
         "completed_tracks": sum(d.completed(laps) for d in drives),
@@ -282,6 +282,7 @@ def evaluate_bundle(
         "held_out_steps": predictor.get("steps", 0),
         "confusion": predictor.get("confusion"),
         "actions": bundle.actions.names,
+        "per_track": [d.to_dict() for d in drives],
         "seconds": round(time.monotonic() - started, 1),
     }
     return report, drives

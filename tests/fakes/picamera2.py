@@ -39,8 +39,13 @@ from typing import Any
 import numpy as np
 
 _DEFAULT_CAMERAS = [
-    {"Model": "imx219", "Location": 2, "Rotation": 180,
-     "Id": "/base/soc/i2c0mux/i2c@1/imx219@10", "Num": 0},
+    {
+        "Model": "imx219",
+        "Location": 2,
+        "Rotation": 180,
+        "Id": "/base/soc/i2c0mux/i2c@1/imx219@10",
+        "Num": 0,
+    },
 ]
 _FORMATS = {"RGB888": 3, "BGR888": 3, "XRGB8888": 4, "XBGR8888": 4}
 
@@ -136,23 +141,46 @@ class Picamera2:
 
     # -- configuration ---------------------------------------------------------
 
-    def create_video_configuration(self, main={}, lores=None, raw={}, transform=None,  # noqa: B006
-                                   colour_space=None, buffer_count=6, controls={},  # noqa: B006
-                                   display="main", encode="main", queue=True, sensor={},  # noqa: B006
-                                   use_case="video") -> dict[str, Any]:
+    def create_video_configuration(
+        self,
+        main={},  # noqa: B006  (picamera2's own signature)
+        lores=None,
+        raw={},  # noqa: B006  (picamera2's own signature)
+        transform=None,
+        colour_space=None,
+        buffer_count=6,
+        controls={},  # noqa: B006
+        display="main",
+        encode="main",
+        queue=True,
+        sensor={},  # noqa: B006
+        use_case="video",
+    ) -> dict[str, Any]:
         if not self.is_open:
             raise RuntimeError("Camera not opened")
-        self.calls.append(("create_video_configuration",
-                           dict(main=main, buffer_count=buffer_count, controls=controls, queue=queue)))
+        self.calls.append(
+            (
+                "create_video_configuration",
+                dict(main=main, buffer_count=buffer_count, controls=controls, queue=queue),
+            )
+        )
         stream = {"format": "XBGR8888", "size": (1280, 720), "preserve_ar": True} | dict(main)
         w, h = stream["size"]
         stream["size"] = (w - w % 2, h - h % 2)  # align_stream(optimal=False)
         return {
-            "use_case": use_case, "transform": transform, "colour_space": colour_space,
-            "buffer_count": buffer_count, "queue": queue, "main": stream, "lores": lores,
-            "raw": raw, "controls": {"NoiseReductionMode": "Fast",
-                                     "FrameDurationLimits": (33333, 33333)} | dict(controls),
-            "sensor": sensor, "display": display, "encode": encode,
+            "use_case": use_case,
+            "transform": transform,
+            "colour_space": colour_space,
+            "buffer_count": buffer_count,
+            "queue": queue,
+            "main": stream,
+            "lores": lores,
+            "raw": raw,
+            "controls": {"NoiseReductionMode": "Fast", "FrameDurationLimits": (33333, 33333)}
+            | dict(controls),
+            "sensor": sensor,
+            "display": display,
+            "encode": encode,
         }
 
     def configure(self, camera_config=None) -> None:
@@ -249,14 +277,20 @@ class Picamera2:
             while True:
                 due = self._t0 + (index + 1) * dur
                 now = time.monotonic()
-                ready = (self.started and not self._hung and now >= due
-                         and self._outstanding < self.camera_config["buffer_count"])
+                ready = (
+                    self.started
+                    and not self._hung
+                    and now >= due
+                    and self._outstanding < self.camera_config["buffer_count"]
+                )
                 if ready:
                     break
                 if deadline is not None and now >= deadline:
                     raise TimeoutError()
                 if deadline is None and not self.started:
-                    raise RuntimeError("fake: capture_request on a stopped camera would block forever")
+                    raise RuntimeError(
+                        "fake: capture_request on a stopped camera would block forever"
+                    )
                 step = max(due - now, 0.001)
                 if deadline is not None:
                     step = min(step, max(deadline - now, 0.0))
