@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from malpi.actions import NO_ACTION, ActionTable, ActionTableError
+from malpi.actions import ActionTable, ActionTableError, previous_actions
 from malpi.recorder.codec import decode_jpeg, unpack_probs
 from malpi.recorder.schema import END_OUTCOMES, StoreError, connect
 
@@ -142,11 +142,7 @@ class EpisodeData:
     @property
     def prev_actions(self) -> np.ndarray:
         """The policy's "previous action" input: NO_ACTION, then actions[:-1]."""
-        prev = np.empty_like(self.actions)
-        if len(prev):
-            prev[0] = NO_ACTION
-            prev[1:] = self.actions[:-1]
-        return prev
+        return previous_actions(self.actions)
 
     @property
     def log_probs(self) -> np.ndarray:
@@ -238,13 +234,17 @@ class EpisodeStore:
                 for row in rows:
                     yield self._step(info, row, decode)
 
-    def raw_step_rows(self, episode_id: int) -> Iterator[tuple[Any, ...]]:
+    def raw_step_rows(
+        self, episode_id: int, from_step: int = 0, limit: int = -1
+    ) -> Iterator[tuple[Any, ...]]:
         """Step rows exactly as stored (no episode-level adjustments, frames as JPEG), in the
-        column order insert_steps takes: for copying between databases."""
+        column order insert_steps takes: for copying between databases. ``from_step``: the
+        first step index wanted; ``limit``: at most this many rows (-1: all)."""
         with _db_errors(self.path):
             cursor = self._conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM steps WHERE episode_id = ? ORDER BY step",
-                (episode_id,),
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE episode_id = ? AND step >= ? "
+                "ORDER BY step LIMIT ?",
+                (episode_id, from_step, limit),
             )
             while rows := cursor.fetchmany(64):
                 yield from rows
