@@ -132,6 +132,7 @@ def test_the_document_names_every_message_field_and_code():
     structs = [*schema.REQUEST_TYPES, *schema.TELEMETRY_TYPES.values()]
     structs += [schema.StatusReply, schema.PolicyReply, schema.ModeReply, schema.DriveReply]
     structs += [schema.EndEpisodeReply, schema.RecordReply, schema.ActionInfo, schema.RecorderInfo]
+    structs += [schema.EpisodeList, schema.EpisodeSummary, schema.EpisodeChunk, schema.StepRecord]
     for cls in structs:
         missing += [f"{cls.__name__}.{f}" for f in cls.__struct_fields__ if f"`{f}`" not in DOC]
     missing += [t for t in schema.TOPICS if f"`{t}`" not in DOC]

@@ -9,7 +9,7 @@ from malpi.policy.bundle import PolicyBundle
 from malpi.policy.model import build_policy
 from malpi.recorder.store import EpisodeStore
 from malpi.rl.reward import RewardingRecorder, RewardSource
-from malpi.rl.robot import RobotLoopConfig, episode_batch, read_episodes, run_robot_loop
+from malpi.rl.robot import RobotLoopConfig, episode_batch, run_robot_loop
 
 
 class Meter:
@@ -87,7 +87,7 @@ def test_robot_loop_end_to_end_on_the_simulated_robot(tmp_path):
             "reward.progress": 1.0,
         },
     )
-    db = str(tmp_path / "episodes.sqlite")
+    db = str(tmp_path / "pulled.sqlite")  # not the robot's: the episodes come over the link
     cfg = RobotLoopConfig(
         db=db,
         policy=str(start),
@@ -121,8 +121,9 @@ def test_robot_loop_end_to_end_on_the_simulated_robot(tmp_path):
     # The recording: rewards from the simulator's progress plus the time term, probabilities
     # recorded for every policy step.
     with EpisodeStore(db, readonly=True) as store:
-        driven = [e for e in store.episodes() if e.policy_version == first.label and e.step_count]
-    episodes = read_episodes(db, first.label, driven[0].started_at, 4)
+        driven = [e.id for e in store.episodes() if e.policy_version == first.label]
+        episodes = [store.load_episode(i) for i in driven]
+    assert len(episodes) == 2 and all(len(e) >= 4 for e in episodes)
     rewards = np.concatenate([e.rewards for e in episodes])
     assert np.abs(rewards + 0.01).max() > 1e-4  # progress moved the reward off the time term
     assert all((e.sources == "policy").all() and np.isfinite(e.probs).all() for e in episodes)

@@ -1,4 +1,4 @@
-"""``malpi teleop``, ``malpi telemetry``, ``malpi push``, ``malpi keys`` and ``malpi bench link``."""
+"""``malpi teleop``, ``telemetry``, ``push``, ``pull``, ``keys`` and ``bench link``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def register(commands, bench) -> None:
     p.add_argument("--rollback", action="store_true", help="return to the previous policy instead")
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(func=cmd_push)
+
+    pl = commands.add_parser(
+        "pull", help="copy the robot's recorded episodes into a local episode database"
+    )
+    _connection_args(pl)
+    pl.add_argument("--out", metavar="FILE.sqlite", help="the local database (created if missing)")
+    pl.add_argument(
+        "--episodes", metavar="IDS", help="robot episode ids, e.g. 3,5-9 (default: all)"
+    )
+    pl.add_argument("--since", type=int, default=0, help="only episodes with a larger id")
+    pl.add_argument("--list", action="store_true", help="list the robot's episodes, copy nothing")
+    pl.add_argument("--json", action="store_true", help="print the result as JSON")
+    pl.set_defaults(func=cmd_pull)
 
     k = commands.add_parser("keys", help="CURVE keys: the robot's, its clients', trusted robots")
     sub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -189,6 +202,57 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(
         "kept for the next boot" if reply.persisted else f"NOT kept for the next boot: {reply.note}"
     )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from malpi.link.client import RobotError
+    from malpi.link.pull import PullError, list_all, pull_episodes
+    from malpi.sim.cli import parse_seeds
+
+    if not args.list and not args.out:
+        raise SystemExit("malpi pull: give --out FILE.sqlite (or --list)")
+    ids = parse_seeds(args.episodes) if args.episodes else None
+    with _client(args) as client:
+        try:
+            if args.list:
+                episodes = list_all(client, args.since)
+                if args.json:
+                    print(msgspec.json.encode(episodes).decode())
+                for e in [] if args.json else episodes:
+                    print(
+                        f"{e.id:>6}  {e.outcome:<11} {e.steps:>6} steps  "
+                        f"{e.policy_version or '-':<14} {e.uuid}"
+                    )
+                return 0
+            result = pull_episodes(
+                client,
+                args.out,
+                ids=ids,
+                since=args.since,
+                progress=lambda p: print(
+                    f"episode {p.robot_id}: {p.steps} steps, {p.bytes / 1e6:.1f} MB "
+                    f"-> local episode {p.local_id}",
+                    file=sys.stderr,
+                ),
+            )
+        except (RobotError, PullError) as exc:
+            print(f"malpi pull: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    mb = sum(p.bytes for p in result.pulled) / 1e6
+    print(
+        f"pulled {len(result.pulled)} episodes ({sum(p.steps for p in result.pulled)} steps, "
+        f"{mb:.1f} MB) into {args.out} in {result.seconds:.1f} s"
+    )
+    if result.already_here:
+        print(f"already there: {len(result.already_here)} episodes")
+    if result.running:
+        print(f"still being recorded, not copied: episodes {result.running}")
     return 0
 
 

@@ -172,6 +172,19 @@ class RobotClient:
     def rollback_policy(self, timeout: float = 120.0):
         return self.request(schema.RollbackPolicy(v=schema.PROTOCOL_VERSION), timeout)
 
+    def list_episodes(self, since: int = 0, limit: int = schema.MAX_LIST_EPISODES):
+        return self.request(
+            schema.ListEpisodes(v=schema.PROTOCOL_VERSION, since=since, limit=limit)
+        )
+
+    def get_episode(self, episode: int, from_step: int = 0, max_steps: int = 256):
+        return self.request(
+            schema.GetEpisode(
+                v=schema.PROTOCOL_VERSION, episode=episode, from_step=from_step, max_steps=max_steps
+            ),
+            max(self.timeout, 30.0),  # a chunk is up to a few MB read from the robot's SD card
+        )
+
     # -- telemetry -------------------------------------------------------------------
 
     def subscribe(self, topics: Iterable[str] = schema.TOPICS) -> None:

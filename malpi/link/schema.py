@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "busy",  # a policy load or rollback is already running
     "rejected",  # the policy bundle failed validation; the running policy is untouched
     "refused",  # valid, but not possible now (e.g. recording not configured, nothing to roll back to)
+    "not_found",  # no such episode in the robot's recording
     "timeout",  # the control loop did not carry the command out in time
     "stopped",  # the daemon is shutting down
     "internal",  # a bug; the message says what failed
@@ -46,6 +47,9 @@ Mode = Literal["paused", "manual", "auto"]
 Outcome = Literal["finished", "failed", "aborted"]
 UInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ActionIndex = Annotated[int, Meta(ge=0, le=255)]
+MAX_LIST_EPISODES = 1000  # episodes per list_episodes reply
+MAX_CHUNK_STEPS = 1024  # steps per get_episode reply
+CHUNK_FRAME_BYTES = 4 * 1024 * 1024  # a get_episode reply stops adding steps past this many
 
 
 class ProtocolError(Exception):
@@ -105,6 +109,17 @@ class RollbackPolicy(Request, tag="rollback_policy"):
     pass
 
 
+class ListEpisodes(Request, tag="list_episodes"):
+    since: UInt = 0  # only episodes with a larger id (page with the last id received)
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIST_EPISODES)] = MAX_LIST_EPISODES
+
+
+class GetEpisode(Request, tag="get_episode"):
+    episode: UInt  # the recorder's episode id (list_episodes, end_episode's ``ended``)
+    from_step: UInt = 0  # the first step index wanted (the previous reply's ``next_step``)
+    max_steps: Annotated[int, Meta(ge=1, le=MAX_CHUNK_STEPS)] = 256
+
+
 REQUEST_TYPES = (
     Ping,
     GetStatus,
@@ -115,6 +130,8 @@ REQUEST_TYPES = (
     Record,
     LoadPolicy,
     RollbackPolicy,
+    ListEpisodes,
+    GetEpisode,
 )
 AnyRequest = (
     Ping
@@ -126,6 +143,8 @@ AnyRequest = (
     | Record
     | LoadPolicy
     | RollbackPolicy
+    | ListEpisodes
+    | GetEpisode
 )
 REQUEST_TAGS = tuple(t.__struct_config__.tag for t in REQUEST_TYPES)
 
@@ -212,6 +231,49 @@ class RollbackReply(PolicyReply, tag="rollback_policy"):
     pass
 
 
+class EpisodeSummary(Struct, kw_only=True):
+    id: int  # the recorder's id on the robot
+    uuid: str  # identity across databases: a copy keeps it
+    started_at: float  # wall clock (Unix seconds)
+    ended_at: float | None
+    outcome: str  # running, finished, failed, aborted, interrupted
+    final_reward: float | None  # readers add it to the last step's reward
+    policy_version: str | None  # the policy loaded when it started
+    steps: int  # steps stored
+    dropped_steps: int  # gaps in the step numbers (the recorder's queue was full)
+    notes: str
+
+
+class EpisodeList(Reply, tag="list_episodes"):
+    episodes: list[EpisodeSummary]  # oldest first
+    more: bool  # there are more: ask again with ``since`` = the last id
+
+
+class StepRecord(Struct, kw_only=True):
+    """One recorded step, as stored (``reward`` without the episode's ``final_reward``)."""
+
+    step: int
+    action: int  # index into the episode's action table
+    source: str  # human, policy, intervention
+    probs: list[float] | None  # the policy's probabilities (float32 values), nil if none ran
+    value: float | None
+    reward: float
+    done: bool
+    capture_time: float  # time.monotonic() on the robot; wall = started_at + t - started_mono
+    action_time: float
+    policy_version: str | None
+    frame: bytes  # JPEG, RGB, the policy's input size
+
+
+class EpisodeChunk(Reply, tag="get_episode"):
+    episode: EpisodeSummary
+    started_mono: float  # time.monotonic() on the robot at ``started_at``
+    config: dict[str, Any]  # the daemon's configuration when it started
+    actions: list[ActionInfo]  # the episode's action table
+    steps: list[StepRecord]  # in step order, from ``from_step``
+    next_step: int | None  # ``from_step`` for the rest; nil: no more steps
+
+
 class ErrorReply(Reply, tag="error"):
     code: ErrorCode
     message: str
@@ -227,6 +289,8 @@ AnyReply = (
     | RecordReply
     | PolicyReply
     | RollbackReply
+    | EpisodeList
+    | EpisodeChunk
     | ErrorReply
 )
 

@@ -4,8 +4,8 @@
 :mod:`malpi.link.publisher`). One thread owns the ROUTER socket, so several
 clients can talk at once. It decodes and validates each request, answers
 ``ping``, ``status`` and ``drive`` at once, and hands the rest to the control
-loop (or, for policy loads, to a worker thread) without waiting: their
-replies come back through a queue when done. Malformed input gets an error
+loop (or, for policy loads and episode reads, to worker threads) without
+waiting: their replies come back through a queue when done. Malformed input gets an error
 reply and changes nothing.
 
 Security: without CURVE the daemon refuses to bind anything but loopback
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 5.0  # s: a loop command not done by then gets a "timeout" error
 LOAD_TIMEOUT = 300.0  # s: validating a big bundle on a Pi takes seconds, not minutes
+EPISODE_TIMEOUT = 30.0  # s: one chunk of an episode read from the SD card
 
 
 @dataclass
@@ -61,6 +62,7 @@ class LinkServer:
     """The command socket and the telemetry publisher for one running control loop."""
 
     def __init__(self, config: Config, loop, camera=None, telemetry=None, policy_source: str = ""):
+        from malpi.link.episodes import EpisodeServer
         from malpi.link.reload import PolicyManager
 
         link = config.link
@@ -69,6 +71,8 @@ class LinkServer:
         self.loop = loop
         self.telemetry = telemetry if telemetry is not None else loop.telemetry
         self.policies = PolicyManager(config, loop, policy_source)
+        recorder = getattr(loop, "recorder", None)
+        self.episodes = EpisodeServer(recorder.path if recorder is not None else None)
         self._ctx = zmq.Context()
         self._security: ServerSecurity | None = None
         self.publisher: TelemetryPublisher | None = None
@@ -232,6 +236,8 @@ class LinkServer:
             self._load_token = self._later(
                 envelope, req, self._loader.submit(job), lambda r: r, LOAD_TIMEOUT
             )
+        elif isinstance(req, schema.ListEpisodes | schema.GetEpisode):
+            self._later(envelope, req, self.episodes.submit(req), lambda r: r, EPISODE_TIMEOUT)
         else:  # pragma: no cover - every request type is handled above
             raise ProtocolError("unknown_type", f"unhandled request {type(req).__name__}")
 
@@ -355,6 +361,7 @@ class LinkServer:
         if getattr(self, "_thread", None) is not None:
             self._thread.join(5)
         self._loader.shutdown(wait=True, cancel_futures=True)
+        self.episodes.close()
         self._teardown()
 
     def _teardown(self) -> None:

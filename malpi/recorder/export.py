@@ -121,12 +121,10 @@ def copy_episode(store: EpisodeStore, episode_id: int, dest: Path) -> int:
     if dest.exists() and dest.resolve() == store.path.resolve():
         raise StoreError(f"{dest} is the database the episode is in")
     with EpisodeStore(dest, create=True) as dst:
-        existing = dst._conn.execute(
-            "SELECT id FROM episodes WHERE uuid = ?", (info.uuid,)
-        ).fetchone()
-        if existing:
+        existing = dst.find_uuid(info.uuid)
+        if existing is not None:
             raise StoreError(
-                f"{dest} already holds this episode (uuid {info.uuid}) as episode {existing[0]}"
+                f"{dest} already holds this episode (uuid {info.uuid}) as episode {existing}"
             )
         dst.begin()  # one transaction: the copy is all there or not at all
         try:

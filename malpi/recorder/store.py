@@ -213,6 +213,12 @@ class EpisodeStore:
             raise StoreError(f"{self.path} has no episode {episode_id}")
         return self._info(row)
 
+    def find_uuid(self, uuid: str) -> int | None:
+        """The id of the episode with this uuid here, if there is one."""
+        with _db_errors(self.path):
+            row = self._conn.execute("SELECT id FROM episodes WHERE uuid = ?", (uuid,)).fetchone()
+        return None if row is None else int(row[0])
+
     def count_steps(self, episode_id: int | None = None) -> int:
         """Stored steps in one episode, or in the whole database."""
         with _db_errors(self.path):

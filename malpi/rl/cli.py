@@ -51,16 +51,16 @@ def register(commands, bench) -> None:
         "robot",
         help="learn off-line from a robot's recorded episodes, push, repeat",
         description=(
-            "Drive N episodes with the robot's current policy (auto mode), read them from the "
-            "robot's recording, update with importance-corrected PPO, push the new bundle, repeat."
+            "Drive N episodes with the robot's current policy (auto mode), pull them over the "
+            "link, update with importance-corrected PPO, push the new bundle, repeat. Rewards "
+            "are the robot's: its [reward] configuration."
         ),
     )
     robot.add_argument("host", help="the robot (HOST, HOST:PORT or tcp://HOST:PORT)")
     robot.add_argument(
-        "--db", help="the robot's recording database (default: the configured recording path)"
-    )
-    robot.add_argument(
-        "--config", help="configuration file for the defaults (reward, recording path)"
+        "--db",
+        default="robot-episodes.sqlite",
+        help="local database the driven episodes are pulled into (default robot-episodes.sqlite)",
     )
     robot.add_argument("--iterations", type=int, default=10)
     robot.add_argument("--episodes", type=int, default=4, help="episodes per iteration")
@@ -70,15 +70,6 @@ def register(commands, bench) -> None:
     robot.add_argument("--epochs", type=int, default=4)
     robot.add_argument("--seq-len", type=int, default=32)
     robot.add_argument("--lr", type=float, default=1e-4)
-    robot.add_argument("--time-reward", type=float, help="reward per step (default: [reward] time)")
-    robot.add_argument(
-        "--fail-penalty",
-        type=float,
-        help="terminal reward of a failed episode (default: [reward] failed)",
-    )
-    robot.add_argument(
-        "--progress-weight", type=float, help="weight of the recorded progress reward"
-    )
     robot.add_argument("--out-dir", help="also keep every pushed bundle here")
     robot.add_argument("--insecure", action="store_true", help="plain link (no CURVE)")
     robot.add_argument("--keys", help="keys directory for CURVE")

@@ -6,9 +6,9 @@ One iteration:
    with the current policy (this loop ends each one through the link; an
    operator may end one earlier as "failed", which the recording marks as
    terminal with the ``[reward] failed`` penalty);
-2. the car is paused and those episodes are read from the robot's recording
-   database (the link has no command to download episodes, so the database
-   is read where it is: on this machine, or a copy of it);
+2. the car is paused and those episodes are pulled over the link
+   (``get_episode``) into a local episode database, rows exactly as the
+   robot recorded them;
 3. the policy is updated off-line with PPO whose "old" policy is the
    *behaviour* policy: the probabilities the robot recorded for each step.
    The ratio pi_new(a|s) / mu(a|s) is the importance correction, clipped as in
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RobotLoopConfig:
-    db: str  # the robot's recording database
+    db: str = "robot-episodes.sqlite"  # the local database the episodes are pulled into
     policy: str | None = None  # the bundle to start from (pushed if the robot runs another)
     iterations: int = 10
     episodes: int = 4
@@ -68,13 +68,8 @@ class RobotLoopConfig:
 
     @classmethod
     def from_args(cls, args: Any) -> RobotLoopConfig:
-        db = args.db
-        if not db:
-            from malpi.config import load_config
-
-            db = str(Path(load_config(args.config).recording.path).expanduser())
         return cls(
-            db=db,
+            db=args.db,
             policy=args.policy,
             iterations=args.iterations,
             episodes=args.episodes,
@@ -161,35 +156,23 @@ def episode_batch(net: Any, episodes: list[Any], cfg: RobotLoopConfig) -> dict[s
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def read_episodes(
-    db: str,
-    label: str,
-    since: float,
-    min_steps: int,
-    expect: list[int] | None = None,
-    timeout: float = 10.0,
-) -> list[Any]:
-    """Ended episodes driven by policy ``label`` that started at or after ``since`` (wall clock).
-
-    ``expect``: recorder ids that must be among them (their endings are written by the
-    robot's recorder thread a moment after the command returned): waits up to ``timeout``.
-    """
+def pull_driven(client: Any, db: str, ids: list[int], label: str, min_steps: int) -> list[Any]:
+    """The robot's episodes ``ids`` (those ``label`` drove, of ``min_steps`` or more), pulled
+    over the link into ``db`` and read back as ``EpisodeData``."""
+    from malpi.link.pull import pull_episodes
     from malpi.recorder.store import EpisodeStore
 
-    end = time.monotonic() + timeout
-    while True:
-        with EpisodeStore(db, readonly=True) as store:
-            infos = [
-                e
-                for e in store.episodes()
-                if not e.running and e.started_at >= since and e.policy_version == label
-            ]
-            missing = set(expect or ()) - {e.id for e in infos}
-            if not missing or time.monotonic() > end:
-                if missing:
-                    log.warning("episodes %s are not complete in %s; left out", sorted(missing), db)
-                return [store.load_episode(e.id) for e in infos if e.step_count >= min_steps]
-        time.sleep(0.1)
+    # The recorder writes an episode's ending a moment after end_episode returns: wait for it.
+    pulled = pull_episodes(client, db, ids=ids, wait=10.0)
+    if pulled.running:
+        log.warning("episodes %s were still being recorded; left out", pulled.running)
+    with EpisodeStore(db, readonly=True) as store:
+        infos = [store.episode(i) for i in pulled.local_ids.values()]
+        return [
+            store.load_episode(e.id)
+            for e in infos
+            if e.policy_version == label and e.step_count >= min_steps
+        ]
 
 
 def _wait_for_recorder(client: Any, timeout: float = 10.0) -> None:
@@ -250,7 +233,6 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
         history: list[dict[str, Any]] = []
         for iteration in range(1, cfg.iterations + 1):
             # 1. Drive.
-            since = time.time()
             client.set_mode("auto")
             client.reset_episode()  # a fresh episode with this policy
             ended = []
@@ -260,13 +242,13 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
             client.set_mode("paused")
             _wait_for_recorder(client)
 
-            # 2. Read what was driven.
+            # 2. Fetch what was driven.
             expect = [i for i in ended if i is not None]
-            episodes = read_episodes(cfg.db, bundle.label, since, cfg.min_steps, expect)
+            episodes = pull_driven(client, cfg.db, expect, bundle.label, cfg.min_steps)
             if not episodes:
                 raise RuntimeError(
-                    f"no episodes of {bundle.label} in {cfg.db} since the iteration began: is the "
-                    "robot recording there, and is this the robot's database?"
+                    f"the robot recorded no episodes of {bundle.label} with at least "
+                    f"{cfg.min_steps} steps this iteration (is it recording?)"
                 )
             steps = sum(len(e) for e in episodes)
             returns = [float(e.rewards.sum()) for e in episodes]
