@@ -148,3 +148,12 @@ def one_hot(actions: np.ndarray | Sequence[int] | int, num_actions: int) -> np.n
     valid = actions >= 0
     out[valid, actions[valid]] = 1.0
     return out
+
+
+def previous_actions(actions: np.ndarray) -> np.ndarray:
+    """The policy's "previous action" input along an episode: NO_ACTION, then ``actions[:-1]``."""
+    prev = np.empty_like(actions)
+    if len(prev):
+        prev[0] = NO_ACTION
+        prev[1:] = actions[:-1]
+    return prev

@@ -6,8 +6,10 @@ import math
 import os
 import signal
 import threading
+from functools import partial
 
 import pytest
+from drivetrain_helpers import closing_all, stop_from_many_threads
 from gpiozero import DigitalOutputDevice, GPIOPinInUse, Motor
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
@@ -71,16 +73,8 @@ def factory():
 
 @pytest.fixture
 def make(factory):
-    made = []
-
-    def _make(**kwargs):
-        dt = DifferentialDrive(pin_factory=factory, **kwargs)
-        made.append(dt)
-        return dt
-
-    yield _make
-    for dt in made:
-        dt.close()
+    with closing_all(partial(DifferentialDrive, pin_factory=factory)) as make:
+        yield make
 
 
 def assert_pins(factory, expected):
@@ -208,23 +202,7 @@ def test_calibration(make, factory, calibration, command, expected):
 def test_stop_from_many_threads_at_once(make, factory):
     dt = make(**IN_IN_EN)
     dt.apply(STRAIGHT)
-    barrier = threading.Barrier(32)
-    errors = []
-
-    def stopper():
-        try:
-            barrier.wait()
-            for _ in range(20):
-                dt.stop()
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=stopper) for _ in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert not errors
+    assert stop_from_many_threads(dt) == []
     assert_pins(factory, dict.fromkeys([LF, LB, RF, RB, LEN, REN], 0.0))
 
 

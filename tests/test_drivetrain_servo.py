@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import threading
+from functools import partial
 
 import pytest
+from drivetrain_helpers import closing_all, stop_from_many_threads
 from gpiozero import GPIOPinInUse, OutputDevice
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
@@ -33,16 +34,10 @@ def factory():
 
 @pytest.fixture
 def make(factory):
-    made = []
-
-    def _make(**kwargs):
-        dt = ServoDrive(steering_pin=STEER, throttle_pin=THROTTLE, pin_factory=factory, **kwargs)
-        made.append(dt)
-        return dt
-
-    yield _make
-    for dt in made:
-        dt.close()
+    with closing_all(
+        partial(ServoDrive, steering_pin=STEER, throttle_pin=THROTTLE, pin_factory=factory)
+    ) as make:
+        yield make
 
 
 def pulse_us(factory, pin) -> float:
@@ -154,23 +149,7 @@ def test_frame_width_sets_the_pwm_frequency(make, factory):
 def test_stop_from_many_threads_at_once(make, factory):
     dt = make()
     dt.apply(MotorCommand(0.5, 1.0))
-    barrier = threading.Barrier(32)
-    errors = []
-
-    def stopper():
-        try:
-            barrier.wait()
-            for _ in range(20):
-                dt.stop()
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
-
-    threads = [threading.Thread(target=stopper) for _ in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert not errors
+    assert stop_from_many_threads(dt) == []
     assert_pulses(factory, 1500, 1500)
 
 

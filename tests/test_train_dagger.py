@@ -23,16 +23,20 @@ def test_dagger_adds_labelled_data_and_retrains(tmp_path):
     config = DaggerConfig(
         iterations=1, seeds=(700, 701, 702), episodes=3, steps=40, beta=0.2, sim=TINY_SIM
     )
-    new_weights, record = dagger(
-        TINY_SPEC,
-        DEFAULT_ACTIONS,
-        weights,
-        [demos],
-        tmp_path / "dagger",
-        config,
-        tiny_config(epochs=1),
-        extra_data=[car],
-    )
+
+    def run_dagger():
+        return dagger(
+            TINY_SPEC,
+            DEFAULT_ACTIONS,
+            weights,
+            [demos],
+            tmp_path / "dagger",
+            config,
+            tiny_config(epochs=1),
+            extra_data=[car],
+        )
+
+    new_weights, record = run_dagger()
     rollouts = tmp_path / "dagger" / "rollouts.sqlite"
     with EpisodeStore(rollouts, readonly=True) as store:
         infos = store.episodes()
@@ -55,16 +59,7 @@ def test_dagger_adds_labelled_data_and_retrains(tmp_path):
     assert row["train_episodes"] + 1 >= len(after) - 1
     assert any(not np.array_equal(new_weights[k], weights[k]) for k in weights)
     # a rerun finds the iteration done and does not roll out again
-    again, _ = dagger(
-        TINY_SPEC,
-        DEFAULT_ACTIONS,
-        weights,
-        [demos],
-        tmp_path / "dagger",
-        config,
-        tiny_config(epochs=1),
-        extra_data=[car],
-    )
+    again, _ = run_dagger()
     with EpisodeStore(rollouts, readonly=True) as store:
         assert len(store.episodes()) == 3
     for k in new_weights:

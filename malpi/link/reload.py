@@ -22,6 +22,7 @@ import time
 import zipfile
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TypeVar
 
 from malpi.config import Config
 from malpi.daemon.loop import ControlLoop, DaemonStopped
@@ -31,6 +32,8 @@ from malpi.policy.bundle import BundleError, PolicyBundle
 from malpi.policy.runtime import StepPolicy
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=PolicyReply)
 
 
 def to_bytes(data: bytes | memoryview) -> bytes:
@@ -64,6 +67,18 @@ def _label(data: bytes) -> str:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         manifest = json.loads(zf.read("manifest.json"))
     return f"v{manifest['version']}-{manifest['id'][:8]}"
+
+
+def _reply(kind: type[R], result: dict, load_ms: float, persisted: bool, note: str | None) -> R:
+    """The reply to a load or a rollback: the loop's swap ``result`` and how it went."""
+    return kind(
+        version=result["version"],
+        previous=result["previous"],
+        episode=result["episode"],
+        load_ms=round(load_ms, 1),
+        persisted=persisted,
+        note=note,
+    )
 
 
 SWAP_TIMEOUT = 5.0  # s: the loop applies commands every period, so this means it is stuck
@@ -102,14 +117,7 @@ class PolicyManager:
                 log.warning("policy %s running but %s", policy.version, note)
         self.source = "pushed over the link"
         del running  # the old interpreter is freed here, not on the control thread
-        return PolicyReply(
-            version=result["version"],
-            previous=result["previous"],
-            episode=result["episode"],
-            load_ms=round(load_ms, 1),
-            persisted=persisted,
-            note=note,
-        )
+        return _reply(PolicyReply, result, load_ms, persisted, note)
 
     def rollback(self) -> RollbackReply:
         history = self.store.history()
@@ -139,14 +147,7 @@ class PolicyManager:
             log.warning("rolled back to %s but %s", policy.version, note)
         self.source = f"rolled back ({target.file})"
         del old
-        return RollbackReply(
-            version=result["version"],
-            previous=result["previous"],
-            episode=result["episode"],
-            load_ms=round(load_ms, 1),
-            persisted=persisted,
-            note=note,
-        )
+        return _reply(RollbackReply, result, load_ms, persisted, note)
 
     # -- the steps --------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -38,7 +38,8 @@ import tensorflow as tf
 
 from malpi.policy.model import PolicyNetwork, build_policy
 from malpi.policy.spec import PolicySpec
-from malpi.rl.ppo import Actor, Progress
+from malpi.rl.common import Progress, TrainResult, gradient_step, setup
+from malpi.rl.ppo import Actor
 
 log = logging.getLogger(__name__)
 
@@ -226,27 +227,13 @@ class QLearner:
         return loss, {"loss": loss, "q": tf.reduce_mean(q_taken)}
 
     def _step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        variables = self.variables
-        with tf.GradientTape() as tape:
-            loss, stats = self.loss(batch)
-        grads = tape.gradient(loss, variables)
-        grads, norm = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
-        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-        stats["grad_norm"] = norm
-        return stats
+        return gradient_step(
+            lambda: self.loss(batch), self.variables, self.optimizer, self.config.max_grad_norm
+        )
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         stats = self._train_step({k: tf.convert_to_tensor(v) for k, v in batch.items()})
         return {k: float(v) for k, v in stats.items()}
-
-
-@dataclass
-class DRQNResult:
-    net: PolicyNetwork
-    steps: int
-    wall_s: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -256,20 +243,10 @@ def train(
     net: PolicyNetwork | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     callback_every: int = 5_120,
-) -> DRQNResult:
+) -> TrainResult:
     """Train a recurrent Q-network; ``callback`` every ``callback_every`` steps, True stops."""
     cfg = config or DRQNConfig()
-    if len(env_fns) != cfg.num_envs:
-        raise ValueError(f"{len(env_fns)} environment constructors for num_envs={cfg.num_envs}")
-    if net is None:
-        if spec is None:
-            raise ValueError("give a network or a spec")
-        net = build_policy(spec, seed=cfg.seed)
-    tf.random.set_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    envs = gym.vector.SyncVectorEnv(
-        list(env_fns), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    net, envs, rng = setup(env_fns, cfg.num_envs, spec, net, cfg.seed)
     N = cfg.num_envs
     actor = Actor(net, greedy=True)
     learner = QLearner(net, cfg)
@@ -303,13 +280,10 @@ def train(
             actor.prev = actions.astype(np.int32)
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             trunc_values = np.zeros(N, np.float32)
-            cut = np.flatnonzero(truncated & ~terminated)
-            if len(cut):
-                final_obs = np.stack([info["final_obs"][i] for i in cut])
-                q, _, _, _ = target_actor.forward(
-                    final_obs, actions[cut], np.zeros(len(cut)), actor.h[cut], actor.c[cut]
-                )
-                trunc_values[cut] = q.max(-1)
+            cut, q, _ = target_actor.forward_truncated(
+                info, actions, terminated, truncated, actor.h, actor.c
+            )
+            trunc_values[cut] = q.max(-1)
             for i in range(N):
                 seq = writer.push(
                     i,
@@ -365,4 +339,4 @@ def train(
                     break
     finally:
         envs.close()
-    return DRQNResult(net, steps, time.perf_counter() - t0, history, asdict(cfg))
+    return TrainResult(net, steps, time.perf_counter() - t0, history, asdict(cfg))

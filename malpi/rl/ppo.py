@@ -33,7 +33,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -41,8 +41,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from malpi.policy.model import PolicyNetwork, build_policy
+from malpi.policy.model import PolicyNetwork
 from malpi.policy.spec import PolicySpec
+from malpi.rl.common import Progress, TrainResult, gradient_step, setup
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,31 @@ class Actor:
         )
         return logits.numpy(), values.numpy(), h2.numpy(), c2.numpy()
 
+    def forward_truncated(
+        self,
+        info: dict[str, Any],
+        actions: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        h: np.ndarray,
+        c: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices, logits, values) of the environments a time limit cut short this step.
+
+        Each is run on its episode's final observation (``info["final_obs"]``: the
+        vector env has already reset it) after its action ``actions[i]``, from the
+        state (h, c) after the step: what bootstrapping the cut episode needs.
+        """
+        cut = np.flatnonzero(truncated & ~terminated)
+        logits = np.zeros((0, self.net.spec.num_actions), np.float32)
+        values = np.zeros(0, np.float32)
+        if len(cut):
+            final_obs = np.stack([info["final_obs"][i] for i in cut])
+            logits, values, _, _ = self.forward(
+                final_obs, actions[cut], np.zeros(len(cut)), h[cut], c[cut]
+            )
+        return cut, logits, values
+
     def step(self, obs: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
         """Choose actions, advance the state; returns what a rollout stores for this step."""
         starts = np.asarray(starts, bool)
@@ -224,6 +250,22 @@ def gae(
         advantages[t] = running
     advantages = advantages.astype(np.float32)
     return advantages, (advantages + values).astype(np.float32)
+
+
+def rollout_gae(
+    rollout: dict[str, np.ndarray], gamma: float, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gae` of a rollout from :meth:`RolloutCollector.collect`."""
+    return gae(
+        rollout["rewards"],
+        rollout["values"],
+        rollout["terminated"],
+        rollout["truncated"],
+        rollout["final_values"],
+        rollout["last_values"],
+        gamma,
+        lam,
+    )
 
 
 # --------------------------------------------------------------------------- 4. sequences
@@ -351,14 +393,12 @@ class Learner:
         return loss, stats
 
     def _step(self, batch: dict[str, tf.Tensor], clip: tf.Tensor) -> dict[str, tf.Tensor]:
-        variables = self.variables
-        with tf.GradientTape() as tape:
-            loss, stats = self.loss(batch, clip)
-        grads = tape.gradient(loss, variables)
-        grads, norm = tf.clip_by_global_norm(grads, self.config.max_grad_norm)
-        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-        stats["grad_norm"] = norm
-        return stats
+        return gradient_step(
+            lambda: self.loss(batch, clip),
+            self.variables,
+            self.optimizer,
+            self.config.max_grad_norm,
+        )
 
     def update(
         self,
@@ -436,13 +476,11 @@ class RolloutCollector:
             self.obs, rewards, terminated, truncated, info = self.envs.step(step["actions"])
             buf["rewards"][t] = rewards * self.reward_scale
             buf["terminated"][t], buf["truncated"][t] = terminated, truncated
-            cut = np.flatnonzero(truncated & ~terminated)
-            if len(cut):  # the value of the observation the time limit cut the episode at
-                final_obs = np.stack([info["final_obs"][i] for i in cut])
-                _, v, _, _ = actor.forward(
-                    final_obs, step["actions"][cut], np.zeros(len(cut)), actor.h[cut], actor.c[cut]
-                )
-                buf["final_values"][t, cut] = v
+            # The value of the observation a time limit cut the episode at.
+            cut, _, v = actor.forward_truncated(
+                info, step["actions"], terminated, truncated, actor.h, actor.c
+            )
+            buf["final_values"][t, cut] = v
             self.episode_return += rewards
             self.starts = terminated | truncated
             for i in np.flatnonzero(self.starts):
@@ -453,27 +491,6 @@ class RolloutCollector:
             self.obs, np.where(self.starts, -1, actor.prev), self.starts, actor.h, actor.c
         )
         return buf
-
-
-@dataclass
-class Progress:
-    """What the training loop tells its callback after every update."""
-
-    steps: int
-    updates: int
-    wall_s: float
-    episode_returns: list[float]  # the most recent finished training episodes (up to 100)
-    stats: dict[str, float]
-    net: PolicyNetwork
-
-
-@dataclass
-class TrainResult:
-    net: PolicyNetwork
-    steps: int
-    wall_s: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -488,17 +505,7 @@ def train(
     ``callback(progress)`` runs after every update; returning True stops training.
     """
     cfg = config or PPOConfig()
-    if len(env_fns) != cfg.num_envs:
-        raise ValueError(f"{len(env_fns)} environment constructors for num_envs={cfg.num_envs}")
-    if net is None:
-        if spec is None:
-            raise ValueError("give a network or a spec")
-        net = build_policy(spec, seed=cfg.seed)
-    tf.random.set_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    envs = gym.vector.SyncVectorEnv(
-        list(env_fns), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    net, envs, rng = setup(env_fns, cfg.num_envs, spec, net, cfg.seed)
     collector = RolloutCollector(envs, Actor(net, seed=cfg.seed), cfg.reward_scale, cfg.seed)
     learner = Learner(net, cfg)
     history: list[dict[str, float]] = []
@@ -513,15 +520,8 @@ def train(
 
             rollout = collector.collect(cfg.num_steps)
             steps += cfg.num_steps * cfg.num_envs
-            rollout["advantages"], rollout["returns"] = gae(
-                rollout["rewards"],
-                rollout["values"],
-                rollout["terminated"],
-                rollout["truncated"],
-                rollout["final_values"],
-                rollout["last_values"],
-                cfg.gamma,
-                cfg.gae_lambda,
+            rollout["advantages"], rollout["returns"] = rollout_gae(
+                rollout, cfg.gamma, cfg.gae_lambda
             )
             stats = learner.update(make_sequences(rollout, cfg.seq_len), lr, clip, rng)
 

@@ -91,7 +91,15 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
 
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
-    from malpi.rl.ppo import Actor, Learner, PPOConfig, RolloutCollector, gae, make_sequences
+    from malpi.rl.common import vector_env
+    from malpi.rl.ppo import (
+        Actor,
+        Learner,
+        PPOConfig,
+        RolloutCollector,
+        make_sequences,
+        rollout_gae,
+    )
 
     bundle = policy if isinstance(policy, PolicyBundle) else PolicyBundle.load(policy)
     if not bundle.spec.is_image:
@@ -116,9 +124,7 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
     )
     critic = Learner(net, ppo_cfg, variables=net.value_head.trainable_variables)
     learner = Learner(net, ppo_cfg)
-    envs = gym.vector.SyncVectorEnv(
-        env_fns(bundle, cfg), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
+    envs = vector_env(env_fns(bundle, cfg))
     collector = RolloutCollector(envs, Actor(net, seed=cfg.seed), seed=cfg.seed)
     per_update = cfg.num_steps * cfg.num_envs
     updates = max(1, cfg.total_steps // per_update)
@@ -128,15 +134,8 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
         for update in range(updates):
             rollout = collector.collect(cfg.num_steps)
             steps += per_update
-            rollout["advantages"], rollout["returns"] = gae(
-                rollout["rewards"],
-                rollout["values"],
-                rollout["terminated"],
-                rollout["truncated"],
-                rollout["final_values"],
-                rollout["last_values"],
-                cfg.gamma,
-                cfg.gae_lambda,
+            rollout["advantages"], rollout["returns"] = rollout_gae(
+                rollout, cfg.gamma, cfg.gae_lambda
             )
             sequences = make_sequences(rollout, cfg.seq_len)
             warming = update < cfg.value_warmup

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from malpi.actions import NO_ACTION, ActionTable
+from malpi.actions import ActionTable, previous_actions
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,7 @@ class Episode:
     @property
     def prev_actions(self) -> np.ndarray:
         """The policy's previous-action input: NO_ACTION at the start, then actions[:-1]."""
-        prev = np.empty_like(self.actions)
-        if len(prev):
-            prev[0] = NO_ACTION
-            prev[1:] = self.actions[:-1]
-        return prev
+        return previous_actions(self.actions)
 
     @property
     def trained_steps(self) -> int:
