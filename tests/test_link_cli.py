@@ -112,9 +112,14 @@ def test_bench_link_quick(tmp_path, capsys):
         json_path=str(tmp_path / "b.json"),
         seed_size=False,
         policy=str(tmp_path / "a.malpi"),
+        pull_drive_s=0.5,
     )
     saved = json.loads((tmp_path / "b.json").read_text())
     for key in ("rtt_p99_ms", "rtt_curve_p99_ms", "reload_missed_periods", "reload_max_period_ms"):
         assert saved[key] is not None and saved[key] == result[key]
     assert saved["telemetry_step_msgs_per_s"] > 1000
-    assert "hot reload while driving" in capsys.readouterr().out
+    # Everything recorded was pulled: an episode per policy (boot, reload) and the bench's own.
+    assert saved["pull_episodes"] >= 2 and saved["pull_steps"] > 20
+    assert saved["pull_steps_per_s"] > 0 and saved["pull_missed_periods"] is not None
+    out = capsys.readouterr().out
+    assert "hot reload while driving" in out and "pulling the recording while driving" in out

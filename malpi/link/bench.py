@@ -8,6 +8,8 @@
    mode; the missed periods and the longest period while loads were under way.
    The default-size policy and the seed post's 5.9 M-parameter one (the worst
    case: a ~50 MB bundle) when TensorFlow is there to make it.
+4. Pulling the recording (``malpi pull``, from another process) while the
+   policy drives: steps/s and MB/s, and the missed and longest periods meanwhile.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def run(
     json_path: str | None = None,
     seed_size: bool = True,
     policy: str | None = None,
+    pull_drive_s: float = 20.0,
 ) -> dict[str, Any]:
-    """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy)."""
+    """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy);
+    ``pull_drive_s``: seconds driven (and recorded) before the pull."""
     from malpi.config import load_config
     from malpi.daemon.build import build_robot
     from malpi.link.server import LinkServer
@@ -72,6 +76,8 @@ def run(
                 curve_link.close()
             result.update(_throughput(robot))
             result.update(_reloads(robot, link, history, bundles, reloads, rate_hz))
+            pulled = tmp_path / "pulled.sqlite"
+            result.update(_pull(robot, link, history, pulled, rate_hz, pull_drive_s))
         finally:
             robot.loop.request_stop("bench over")
             thread.join(10)
@@ -370,6 +376,49 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     }
 
 
+def _pull(robot, link, history, dest: Path, rate_hz: float, drive_s: float) -> dict[str, Any]:
+    """Everything recorded so far, pulled by another process while the policy drives."""
+    import subprocess
+    import sys
+
+    from malpi.link.client import RobotClient
+
+    with RobotClient(command=link.command_endpoint, insecure=True) as client:
+        client.set_mode("auto")
+        time.sleep(drive_s)  # a longer episode to pull
+        client.end_episode("finished")  # ended, so that it can be pulled
+    robot.loop.recorder.flush()
+    missed_before = robot.loop.stats.missed_periods
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from malpi.link.client import RobotClient; "
+            "from malpi.link.pull import pull_episodes; "
+            f"c = RobotClient(command={link.command_endpoint!r}, insecure=True); "
+            f"r = pull_episodes(c, {str(dest)!r}); "
+            "print(json.dumps([sum(p.steps for p in r.pulled), sum(p.bytes for p in r.pulled), "
+            "len(r.pulled), r.seconds])); c.close()",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    t1 = time.monotonic()
+    steps, size, episodes, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    starts = np.array([h["start"] for h in history])
+    during = np.diff(starts)[(starts[1:] >= t0) & (starts[1:] <= t1 + 2 / rate_hz)] * 1000
+    return {
+        "pull_episodes": episodes,
+        "pull_steps": steps,
+        "pull_steps_per_s": round(steps / seconds, 1) if seconds else None,
+        "pull_mb_per_s": round(size / 1e6 / seconds, 2) if seconds else None,
+        "pull_missed_periods": int(robot.loop.stats.missed_periods - missed_before),
+        "pull_max_period_ms": round(float(during.max()), 3) if len(during) else None,
+    }
+
+
 def _pusher(endpoint: str) -> None:
     """The bench's pusher process: loads each bundle file named on stdin, prints the reply."""
     import sys
@@ -428,4 +477,10 @@ def format_table(r: dict[str, Any]) -> str:
             f"{f(b['load_ms_median'])} ms (median), off the control thread; "
             f"longest period {f(b.get('max_period_ms'))} ms"
         )
+    lines.append(
+        f"pulling the recording while driving: {r.get('pull_episodes')} episodes, "
+        f"{r.get('pull_steps')} steps at {f(r.get('pull_steps_per_s'))} steps/s "
+        f"({f(r.get('pull_mb_per_s'))} MB/s); missed periods {f(r.get('pull_missed_periods'))}, "
+        f"longest period {f(r.get('pull_max_period_ms'))} ms"
+    )
     return "\n".join(lines)
