@@ -48,3 +48,17 @@ def test_drive_sim_drives_records_and_stops_on_ctrl_c(tmp_path):
     steps = list(store.iter_steps(episode.id))
     assert len(steps) >= 20 and {s.source for s in steps} == {"policy"}
     assert episode.outcome == "finished"
+
+
+def test_no_record_runs_beside_a_recording_daemon(tmp_path):
+    """--no-record means no recorder: the database another daemon records into is not touched."""
+    from malpi.recorder.recorder import Recorder
+
+    db = tmp_path / "rec.sqlite"
+    with Recorder(db):  # holds the database's write lock, as a running daemon does
+        cmd = [sys.executable, "-m", "malpi", "drive", "--sim", "--no-record", "--no-link"]
+        cmd += ["--duration", "1.5", "--set", f'recording.path="{db}"']
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "duration reached" in out.stderr
+    assert EpisodeStore(db).episodes() == []

@@ -196,3 +196,24 @@ def test_episode_batch_terminal_vs_cut_episodes_and_interventions():
     # The cut episode's last step (seq 4, index 1): bootstrapped from its own value.
     v_cut_last = batch["values"][4, 1]
     assert batch["advantages"][4, 1] == pytest.approx(1.0 + 0.5 * v_cut_last - v_cut_last, abs=1e-5)
+
+
+def test_rl_robot_command(tmp_path, capsys):
+    """The command line: --policy is pushed when the robot runs another, one iteration."""
+    from malpi.cli import main
+
+    start = tmp_path / "b.malpi"
+    start.write_bytes(bundles()["b"])
+    config = link_config(tmp_path, **{"drivetrain.backend": "sim", "policy.sample": True})
+    with running_link(config) as daemon, daemon.client() as client:
+        args = ["rl", "robot", daemon.link.command_endpoint, "--insecure", "--policy", str(start)]
+        args += ["--iterations", "1", "--episodes", "1", "--episode-seconds", "0.4"]
+        args += ["--epochs", "1", "--seq-len", "4", "--db", str(tmp_path / "pulled.sqlite")]
+        assert main(args) == 0
+        running = client.status().policy_version
+    b = PolicyBundle.from_bytes(bundles()["b"])
+    assert running.startswith("v2-") and running != b.label
+    out = capsys.readouterr().out
+    assert out.startswith("iteration 1: 1 episodes") and f"pushed {running}" in out
+    with EpisodeStore(tmp_path / "pulled.sqlite", readonly=True) as store:
+        assert [e.policy_version for e in store.episodes()] == [b.label]

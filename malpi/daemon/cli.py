@@ -23,7 +23,11 @@ def register(commands, bench) -> None:
         choices=("paused", "manual", "auto"),
         help="mode to enter after start-up (default: auto with --sim, otherwise paused)",
     )
-    d.add_argument("--no-record", action="store_true", help="do not record episodes")
+    d.add_argument(
+        "--no-record",
+        action="store_true",
+        help='no recorder at all (recording.path = ""): nothing is recorded or locked',
+    )
     d.add_argument("--no-link", action="store_true", help="do not serve the ZeroMQ link")
     d.add_argument("--duration", type=float, help="stop after this many seconds")
     d.add_argument("--quiet", action="store_true", help="no live status line")
@@ -99,7 +103,9 @@ def cmd_drive(args: argparse.Namespace) -> int:
 
     config = load_from_args(args)  # fails here, before any GPIO, on a bad config
     if args.no_record:
-        config = _replace(config, "recording", enabled=False)
+        # Not just enabled = false (that boots with recording off, the operator may start it):
+        # no recorder, so a second daemon can run beside one that records.
+        config = _replace(config, "recording", enabled=False, path="")
     if args.no_link:
         config = _replace(config, "link", enabled=False)
     notifier = Notifier()

@@ -51,12 +51,18 @@ def register(commands, bench) -> None:
         "robot",
         help="learn off-line from a robot's recorded episodes, push, repeat",
         description=(
-            "Drive N episodes with the robot's current policy (auto mode), pull them over the "
-            "link, update with importance-corrected PPO, push the new bundle, repeat. Rewards "
-            "are the robot's: its [reward] configuration."
+            "Push --policy (unless the robot runs it already), drive N episodes with it in auto "
+            "mode, pull them over the link, update with importance-corrected PPO, push the new "
+            "bundle, repeat. Rewards are the robot's: its [reward] configuration."
         ),
     )
     robot.add_argument("host", help="the robot (HOST, HOST:PORT or tcp://HOST:PORT)")
+    robot.add_argument(
+        "--policy",
+        required=True,
+        metavar="BUNDLE",
+        help="the bundle to start from: the one the robot runs, or one to push first",
+    )
     robot.add_argument(
         "--db",
         default="robot-episodes.sqlite",
