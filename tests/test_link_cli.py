@@ -49,8 +49,8 @@ def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
         text=True,
     )  # fmt: skip
     host = f"127.0.0.1:{cmd_port}"
-    opts = ["--telemetry-port", str(tel_port), "--insecure", "--timeout", "10"]
-    conn = [host, *opts]
+    opts = ["--insecure", "--timeout", "10"]  # push: commands only
+    conn = [host, "--telemetry-port", str(tel_port), *opts]
     try:
         out = malpi("telemetry", *conn, "--count", "6", "--topic", "step", "--topic", "frame")
         assert out.returncode == 0, out.stderr[-2000:]
@@ -64,7 +64,7 @@ def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
         assert "running v1-" in pushed.stdout and "kept for the next boot" in pushed.stdout
         bad = malpi("push", host, str(tmp_path / "bad.malpi"), *opts)
         assert bad.returncode == 1 and "refused (rejected)" in bad.stdout
-        back = malpi("push", *conn, "--rollback", "--json")
+        back = malpi("push", host, *opts, "--rollback", "--json")
         assert back.returncode == 0 and json.loads(back.stdout)["type"] == "rollback_policy"
 
         shot = tmp_path / "teleop.png"
@@ -123,3 +123,23 @@ def test_bench_link_quick(tmp_path, capsys):
     assert saved["pull_steps_per_s"] > 0 and saved["pull_missed_periods"] is not None
     out = capsys.readouterr().out
     assert "hot reload while driving" in out and "pulling the recording while driving" in out
+
+
+def test_commands_fail_fast_and_clearly_without_a_robot(tmp_path, capsys):
+    from malpi.cli import main
+
+    junk = tmp_path / "x.malpi"
+    junk.write_bytes(b"not sent")
+    host = f"127.0.0.1:{free_port()}"
+    for args in (
+        ["push", host, str(junk)],
+        ["push", host, "--rollback"],
+        ["telemetry", host, "--count", "1"],  # telemetry alone would wait forever
+        ["pull", host, "--list"],
+    ):
+        t0 = time.monotonic()
+        assert main([*args, "--insecure", "--timeout", "0.5"]) == 1
+        assert time.monotonic() - t0 < 5, args
+        assert f"no reply from tcp://{host} within 0.5 s" in capsys.readouterr().err
+    assert main(["push", host]) == 1
+    assert "malpi: error: malpi push: give a BUNDLE file, or --rollback" in capsys.readouterr().err

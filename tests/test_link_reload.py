@@ -140,6 +140,11 @@ def test_accepted_bundle_is_used_at_next_boot_and_rollback_returns(tmp_path):
     with running_link(link_config(tmp_path)) as d, d.client() as c:
         with pytest.raises(RobotError, match="refused: no previous policy"):
             c.rollback_policy()
+        episode = c.status().episode
+        same = c.load_policy(bundles()["a"])  # what runs already: nothing changes
+        assert (same.version, same.previous) == (label("a"), label("a"))
+        assert same.note == "already running: nothing changed" and same.episode == episode
+        assert store.history() == [] and c.status().episode == episode
         c.load_policy(bundles()["b"])
         assert [e.label for e in store.history()] == [label("a"), label("b")]
         bundle, source = load_policy_bundle(boot)  # what the next boot would run

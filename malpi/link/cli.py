@@ -6,10 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+REPLY_TIMEOUT = 2.0  # s, the default wait for a reply
+LOAD_TIMEOUT = 120.0  # s, for load_policy / rollback_policy: a big bundle takes seconds on a Pi
+
 
 def register(commands, bench) -> None:
     t = commands.add_parser("teleop", help="watch and drive the robot in a window (pygame)")
-    _connection_args(t)
+    _connection_args(t, telemetry=True)
     t.add_argument("--size", default="640x480", help="video size in the window (default 640x480)")
     t.add_argument(
         "--drive-hz", type=float, default=20.0, help="drive commands per second while held (>= 10)"
@@ -21,7 +24,7 @@ def register(commands, bench) -> None:
     m = commands.add_parser(
         "telemetry", help="print the robot's telemetry, one JSON object per line"
     )
-    _connection_args(m)
+    _connection_args(m, telemetry=True)
     m.add_argument(
         "--topic",
         action="append",
@@ -99,14 +102,20 @@ def register(commands, bench) -> None:
     b.set_defaults(func=cmd_bench_link)
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
+def _connection_args(p: argparse.ArgumentParser, telemetry: bool = False) -> None:
     p.add_argument("host", help="the robot: HOST, HOST:PORT (command port) or tcp://HOST:PORT")
-    p.add_argument("--telemetry-port", type=int, help="default: the command port + 1 (5556)")
+    if telemetry:
+        p.add_argument("--telemetry-port", type=int, help="default: the command port + 1 (5556)")
     p.add_argument("--server-key", metavar="FILE", help="the robot's public key (server.key)")
     p.add_argument("--client-key", metavar="FILE", help="this client's key_secret file")
     p.add_argument("--keys-dir", metavar="DIR", help="default: ~/.config/malpi/keys")
     p.add_argument("--insecure", action="store_true", help="no CURVE, even if a key is known")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds to wait for a reply (default {REPLY_TIMEOUT:g}; a policy load "
+        f"{LOAD_TIMEOUT:g})",
+    )
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -120,12 +129,12 @@ def _client(args):
 
     return RobotClient(
         args.host,
-        telemetry=None if not args.telemetry_port else _telemetry(args),
+        telemetry=_telemetry(args) if getattr(args, "telemetry_port", None) else None,
         server_key=args.server_key,
         client_key=args.client_key,
         keys=args.keys_dir,
         insecure=args.insecure,
-        timeout=args.timeout,
+        timeout=args.timeout or REPLY_TIMEOUT,
     )
 
 
@@ -154,9 +163,13 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
 
     topics = args.topic or ["step", "status", "event"]
     out = sys.stdout
+    received = 0
     with _client(args) as client:
+        # Telemetry alone cannot tell a silent robot from none (or a CURVE mismatch): ask first.
+        client.ping()
         try:
             for topic, msg in client.telemetry(topics, seconds=args.seconds, count=args.count):
+                received += 1
                 d = msgspec.to_builtins(msg)
                 if topic == "frame" and not args.frame_data:
                     d["data"] = None
@@ -165,6 +178,8 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
                 out.flush()
         except BrokenPipeError:  # `malpi telemetry ... | head`
             return 0
+    if not received and args.seconds:
+        print(f"no {', '.join(topics)} messages in {args.seconds:g} s", file=sys.stderr)
     return 0
 
 
@@ -174,15 +189,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     from malpi.link.client import RobotError
 
     if not args.rollback and not args.bundle:
-        raise SystemExit("malpi push: give a BUNDLE file, or --rollback")
+        raise ValueError("malpi push: give a BUNDLE file, or --rollback")
+    data = None if args.rollback else Path(args.bundle).read_bytes()
     with _client(args) as client:
+        client.ping()  # a robot that is not there fails now, not after the load's long wait
+        timeout = args.timeout or LOAD_TIMEOUT
         try:
-            if args.rollback:
-                reply = client.rollback_policy()
+            if data is None:
+                reply = client.rollback_policy(timeout)
             else:
-                data = Path(args.bundle).read_bytes()
                 print(f"sending {args.bundle} ({len(data) / 1e6:.1f} MB)...", file=sys.stderr)
-                reply = client.load_policy(data)
+                reply = client.load_policy(data, timeout)
         except RobotError as exc:
             if args.json:
                 print(
@@ -195,6 +212,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         print(msgspec.json.encode(reply).decode())
+        return 0
+    if not args.rollback and reply.previous == reply.version:
+        print(f"{reply.version} runs already: nothing changed (episode {reply.episode} goes on)")
         return 0
     verb = "rolled back to" if args.rollback else "running"
     print(f"{verb} {reply.version} (was {reply.previous}); episode {reply.episode}")
@@ -213,7 +233,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from malpi.sim.cli import parse_seeds
 
     if not args.list and not args.out:
-        raise SystemExit("malpi pull: give --out FILE.sqlite (or --list)")
+        raise ValueError("malpi pull: give --out FILE.sqlite (or --list)")
     ids = parse_seeds(args.episodes) if args.episodes else None
     with _client(args) as client:
         try:

@@ -150,7 +150,7 @@ def _pull_one(
         store.rollback()
         raise
     store.commit()
-    log.info("pulled episode %d (%d steps) as local episode %d", summary.id, steps, local_id)
+    log.debug("pulled episode %d (%d steps) as local episode %d", summary.id, steps, local_id)
     return Pulled(summary.id, local_id, steps, received)
 
 

@@ -101,6 +101,18 @@ class PolicyManager:
         policy = self._build(data, what="bundle")
         load_ms = (time.perf_counter() - t0) * 1000
         running = self.loop.policy
+        if running is not None and running.version == policy.version:
+            # Pushing what runs is a no-op (idempotent pushes; a rollback still means the one
+            # before): no swap, no new episode, the store untouched.
+            current = self.store.current()
+            return PolicyReply(
+                version=running.version,
+                previous=running.version,
+                episode=self.loop.status()["episode"],
+                load_ms=round(load_ms, 1),
+                persisted=current is not None and current.label == running.version,
+                note="already running: nothing changed",
+            )
         persisted, note, history, entry = True, None, [], None
         try:
             history = self._history_with(running)
