@@ -195,5 +195,10 @@ def test_read_only(db):
             store.delete_episode(1)
     with EpisodeStore(db) as store:
         assert store.count_steps(1) == 6
+    # Reading leaves nothing behind beside the file (no -wal, no -shm).
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name)) == [
+        db.name,
+        f"{db.name}.lock",
+    ]
     with pytest.raises(ValueError, match="cannot be created read-only"):
         EpisodeStore(db, create=True, readonly=True)

@@ -107,12 +107,19 @@ def connect(
     if not create and not p.exists():
         raise NotAMalpiDatabase(f"{p}: no such episode database")
     mode = "rwc" if create else "ro" if readonly else "rw"
+    # A reader that may write opens read-write but query-only: then the last connection to
+    # close removes the -wal and -shm files; a mode=ro connection would leave them behind.
+    query_only = readonly and os.access(p, os.W_OK) and os.access(p.parent, os.W_OK)
+    if query_only:
+        mode = "rw"
     uri = f"file:{urllib.parse.quote(str(p.resolve()))}?mode={mode}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
     except sqlite3.Error as exc:
         raise NotAMalpiDatabase(f"{p}: cannot open: {exc}") from exc
     try:
+        if query_only:
+            conn.execute("PRAGMA query_only = ON")
         _check_and_init(conn, p, create, readonly)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")  # see the module docstring
