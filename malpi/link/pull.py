@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malpi.actions import ActionTable
 from malpi.link import schema
 from malpi.recorder.codec import pack_probs
 from malpi.recorder.store import EpisodeStore
@@ -122,12 +121,7 @@ def _pull_one(
                     e.started_at,
                     chunk.started_mono,
                     chunk.config,
-                    ActionTable.from_list(
-                        [
-                            {"name": a.name, "steering": a.steering, "throttle": a.throttle}
-                            for a in chunk.actions
-                        ]
-                    ),
+                    schema.action_table(chunk.actions),
                     e.policy_version,
                     e.notes,
                     outcome=e.outcome,

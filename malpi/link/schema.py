@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+if TYPE_CHECKING:
+    from malpi.actions import ActionTable
 
 PROTOCOL_VERSION = 1
 MAX_COMMAND_BYTES = 64 * 1024  # any request but load_policy
@@ -502,6 +505,13 @@ def decode_telemetry(topic: str, data: bytes) -> Struct:
     except KeyError:
         raise ValueError(f"unknown telemetry topic {topic!r}") from None
     return decoder.decode(data)
+
+
+def action_table(actions: list[ActionInfo]) -> ActionTable:
+    """The action table a status or get_episode reply carries."""
+    from malpi.actions import ActionTable
+
+    return ActionTable.from_list(msgspec.structs.asdict(a) for a in actions)
 
 
 def to_builtins(msg: Struct) -> dict[str, Any]:

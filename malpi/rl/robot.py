@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from malpi.actions import ActionTable
 from malpi.policy.bundle import PolicyBundle
 
 log = logging.getLogger(__name__)
@@ -188,6 +187,7 @@ def _wait_for_recorder(client: Any, timeout: float = 10.0) -> None:
 
 def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[dict[str, Any]]:
     """Run ``cfg.iterations`` iterations against the robot at ``host``; one summary per iteration."""
+    from malpi.link import schema
     from malpi.link.client import RobotClient
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
@@ -198,12 +198,7 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
         client = RobotClient(host, insecure=cfg.insecure, keys=cfg.keys, timeout=cfg.timeout)
     try:
         status = client.status()
-        actions = ActionTable.from_list(
-            [
-                {"name": a.name, "steering": a.steering, "throttle": a.throttle}
-                for a in status.actions
-            ]
-        )
+        actions = schema.action_table(status.actions)
         if cfg.policy is None:
             raise ValueError(
                 "give --policy: the bundle the robot runs (or should start from); "
