@@ -87,6 +87,7 @@ def test_delete_refuses_a_running_episode_without_force(malpi, tmp_path):
         store.commit()
     code, _, err = malpi("episodes", "delete", "1", "--db", str(path))
     assert code == 1 and "still being recorded" in err
+    assert "malpi episodes delete 1 --force" in err
     assert malpi("episodes", "delete", "1", "--force", "--db", str(path))[0] == 0
 
 

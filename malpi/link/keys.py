@@ -118,18 +118,8 @@ def load_public(path: str | os.PathLike) -> bytes:
 def authorize(source: str, directory: str | os.PathLike, name: str | None = None) -> KeyInfo:
     """Let a client in: copy its public key (a ``.key`` file, or the Z85 key itself) into ``directory``."""
     d = Path(directory).expanduser()
-    src = Path(source).expanduser()
-    if src.is_file():
-        info = read_key(src)
-        name = check_name(name or info.name)
-        public = info.public
-    else:
-        if len(source) != 40:
-            raise KeyFileError(
-                f"{source!r} is neither a key file nor a 40-character Z85 public key"
-            )
-        _check_z85(source)
-        public, name = source, check_name(name or "client")
+    public, info = _public_key(source)
+    name = check_name(name or (info.name if info else "client"))
     d.mkdir(parents=True, exist_ok=True)
     target = d / f"{name}.key"
     if target.exists() and read_key(target).public != public:
@@ -141,10 +131,7 @@ def authorize(source: str, directory: str | os.PathLike, name: str | None = None
 def trust(host: str, source: str, directory: str | os.PathLike) -> KeyInfo:
     """Remember robot ``host``'s public key, so that clients connect to it with CURVE."""
     check_name(host.replace(":", "_"))
-    src = Path(source).expanduser()
-    public = read_key(src).public if src.is_file() else source
-    if not src.is_file():
-        _check_z85(public)
+    public, _ = _public_key(source)
     target = Path(directory).expanduser() / "servers" / f"{host.replace(':', '_')}.key"
     target.parent.mkdir(parents=True, exist_ok=True)
     _write_public(target, public, f"robot {host}")
@@ -182,6 +169,20 @@ def server_key_for(host: str, directory: str | os.PathLike) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _public_key(source: str) -> tuple[str, KeyInfo | None]:
+    """The public key in ``source``: a ``.key`` file (and its KeyInfo), or a Z85 key itself."""
+    src = Path(source).expanduser()
+    if src.is_file():
+        info = read_key(src)
+        return info.public, info
+    if len(source) != 40:
+        raise KeyFileError(
+            f"{source} does not exist (neither a key file nor a 40-character Z85 public key)"
+        )
+    _check_z85(source)
+    return source, None
 
 
 def _check_z85(key: str) -> None:

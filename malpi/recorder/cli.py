@@ -192,9 +192,18 @@ def _frame_size(jpeg: bytes) -> str:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from malpi.recorder.schema import StoreError
+
     with _open(args, readonly=False) as store:
         for episode_id in args.episodes:
-            n = store.delete_episode(episode_id, force=args.force)
+            try:
+                n = store.delete_episode(episode_id, force=args.force)
+            except StoreError as exc:
+                if args.force or not store.episode(episode_id).running:
+                    raise
+                raise StoreError(
+                    f"{exc} with --force (malpi episodes delete {episode_id} --force)"
+                ) from exc
             print(f"deleted episode {episode_id} ({n} steps)")
     return 0
 
