@@ -8,6 +8,10 @@ import logging
 import os
 import sys
 
+DESCRIPTION = (
+    "MaLPi: drive, record, train and evaluate a small robot car, on the car or in its simulator."
+)
+
 # Each module defines register(commands, bench): ``commands`` is the top-level
 # sub-parser set, ``bench`` the one under ``malpi bench``. Registration must not
 # import heavy libraries (TensorFlow, OpenCV): handlers import what they need.
@@ -23,7 +27,11 @@ AREAS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="malpi", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="malpi",
+        description=DESCRIPTION,
+        epilog="malpi COMMAND --help describes each command.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = commands.add_parser(

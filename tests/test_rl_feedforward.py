@@ -82,3 +82,14 @@ def test_bundle_validates_and_runs_on_litert():
         policy.step(np.ones(3, np.float32), 1)
     again = policy.step(obs, -1)  # no reset: a memoryless policy answers the same anyway
     np.testing.assert_allclose(first.probs, again.probs, atol=1e-6)
+
+
+def test_policy_info_shows_only_the_layers_a_vector_policy_has(tmp_path, capsys):
+    from malpi.cli import main
+
+    path = tmp_path / "ff.malpi"
+    make_bundle(build_policy(VECTOR_FF, seed=3), TWO_ACTIONS).save(path)
+    assert main(["policy", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "input       vector of 3" in out and "conv" not in out
+    assert "feedforward=16" in out and "lstm=" not in out

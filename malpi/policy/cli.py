@@ -85,9 +85,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     obs = "x".join(map(str, spec.observation_shape))
     print(f"bundle      {args.bundle}  (valid)")
     print(f"policy      {bundle.label}  parent={m['parent']}  created={m['created']}")
-    print(f"input       {obs}  conv={[(c.filters, c.kernel, c.stride) for c in spec.conv]}")
+    if spec.is_image:
+        print(
+            f"input       {obs} image  conv={[(c.filters, c.kernel, c.stride) for c in spec.conv]}"
+        )
+    else:
+        print(f"input       vector of {spec.obs_dim}")
+    core = f"lstm={spec.lstm_units}" if spec.recurrent else f"feedforward={spec.lstm_units}"
     print(
-        f"network     bottleneck={spec.bottleneck} lstm={spec.lstm_units}  params={spec.params:,}  macs/step={spec.macs_per_step:,}"
+        f"network     bottleneck={spec.bottleneck} {core}  params={spec.params:,}  macs/step={spec.macs_per_step:,}"
     )
     print(
         "actions     "

@@ -97,21 +97,11 @@ def _world(seed: int, drivetrain: str):
     return World(seed, CarParams(drivetrain=drivetrain), rng=np.random.default_rng(seed))
 
 
-def _save_png(path: str, rgb) -> None:
-    import cv2
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(
-        path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    ):
-        raise OSError(f"could not write {path}")
-
-
 def cmd_map(args: argparse.Namespace) -> int:
     import numpy as np
 
     from malpi.sim.expert import Expert
-    from malpi.sim.pictures import load_trajectory, save_trajectory, track_map
+    from malpi.sim.pictures import load_trajectory, save_image, save_trajectory, track_map
 
     world = _world(args.seed, args.drivetrain)
     path = load_trajectory(args.trajectory) if args.trajectory else None
@@ -130,7 +120,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         drive = table[:, 1:3]
         path = drive if path is None else np.concatenate([path, drive])
         print(f"expert drove {world.laps} lap(s) in {world.time:.1f} s, on track: {world.on_track}")
-    _save_png(args.out, track_map(world.track, path, max_px=args.size))
+    save_image(args.out, track_map(world.track, path, max_px=args.size))
     print(
         f"wrote {args.out}: track {args.seed}, {world.track.length:.1f} m, width {world.track.width:.2f} m"
     )
@@ -139,14 +129,14 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     from malpi.sim.demo import demonstrate
-    from malpi.sim.pictures import camera_strip
+    from malpi.sim.pictures import camera_strip, save_image
 
     steps = args.frames * args.every
     demo = demonstrate(args.seed, steps, drivetrain=args.drivetrain, randomize=args.randomize)
     picks = list(range(0, len(demo), args.every))[: args.frames]
     names = [f"t={i * 0.05:.1f}s {demo.speed[i]:.1f}m/s" for i in picks]
     strip = camera_strip([demo.frames[i] for i in picks], names, args.cols, args.scale)
-    _save_png(args.out, strip)
+    save_image(args.out, strip)
     print(f"wrote {args.out}: {len(picks)} camera frames from track {args.seed}")
     return 0
 

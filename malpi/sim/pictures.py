@@ -23,6 +23,29 @@ TRAJECTORY_COLOUR = (230, 40, 40)
 CAR_COLOUR = (220, 30, 30)
 
 
+# -- image files ---------------------------------------------------------------------------
+
+
+def save_image(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an RGB image; the format (and its options) from the suffix: PNG, JPEG, …"""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    elif suffix in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    else:
+        params = []  # OpenCV's defaults for the format
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ok = cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    except cv2.error as exc:  # e.g. a suffix OpenCV has no writer for
+        raise OSError(f"could not write {path}: {exc}") from exc
+    if not ok:
+        raise OSError(f"could not write {path}")
+    return path
+
+
 # -- trajectory files ----------------------------------------------------------------------
 
 

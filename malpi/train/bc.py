@@ -164,7 +164,7 @@ class Trainer:
             len(train),
             len(table),
             len(val),
-            np.round(cw, 2).tolist(),
+            [round(float(w), 2) for w in cw],
         )
         if cfg.sequence.mode == "burnin":
             self._states = StateTable(num_window_slots(table, cfg.sequence), self.spec.lstm_units)

@@ -68,7 +68,11 @@ def register(commands, bench) -> None:
     f = sub.add_parser(
         "default", help="train the shipped default policy (demos + BC + DAgger + export + eval)"
     )
-    f.add_argument("--out", default="malpi/data/default.malpi", help="bundle to write")
+    f.add_argument(
+        "--out",
+        required=True,
+        help="bundle to write (the shipped one is malpi/data/default.malpi in a checkout)",
+    )
     f.add_argument(
         "--workdir", default="/tmp/malpi-train/default", help="data, checkpoints, logs (resumable)"
     )
@@ -80,12 +84,14 @@ def register(commands, bench) -> None:
     c = sub.add_parser("compare", help="measure TBPTT vs stored state + burn-in vs zero state")
     c.add_argument("--data", nargs="+", required=True)
     c.add_argument("--workdir", required=True)
-    c.add_argument("--modes", default="zero,tbptt,burnin")
+    c.add_argument(
+        "--modes", default="zero,tbptt,burnin", help="LSTM state modes to train and compare"
+    )
     c.add_argument("--json", metavar="FILE", help="write the table as JSON")
     c.add_argument(
         "--tracks", default="1000-1009", help="closed-loop tracks (default: the standard set)"
     )
-    _train_args(c, with_workdir=False)
+    _train_args(c, with_workdir=False, with_mode=False)
     c.set_defaults(func=cmd_compare)
 
     pl = sub.add_parser("plot", help="training curves (and confusion matrix) of a training workdir")
@@ -134,7 +140,9 @@ def _sim_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_args(p: argparse.ArgumentParser, with_workdir: bool = True) -> None:
+def _train_args(
+    p: argparse.ArgumentParser, with_workdir: bool = True, with_mode: bool = True
+) -> None:
     if with_workdir:
         p.add_argument(
             "--workdir",
@@ -144,9 +152,10 @@ def _train_args(p: argparse.ArgumentParser, with_workdir: bool = True) -> None:
         p.add_argument(
             "--init", help="start from these weights (a bundle or .npz); its spec is kept"
         )
-    p.add_argument(
-        "--mode", default="burnin", help="LSTM state of long episodes: burnin | tbptt | zero"
-    )
+    if with_mode:  # not for compare, which trains every mode in --modes
+        p.add_argument(
+            "--mode", default="burnin", help="LSTM state of long episodes: burnin | tbptt | zero"
+        )
     p.add_argument("--length", type=int, default=32, help="steps per training sequence")
     p.add_argument(
         "--stride", type=int, default=None, help="burnin/zero: steps between windows (3/4 length)"
@@ -182,7 +191,7 @@ def _train_config(args: argparse.Namespace):
 
     return TrainConfig(
         sequence=SequenceConfig(
-            args.mode,
+            getattr(args, "mode", "burnin"),  # compare sets each mode itself
             args.length,
             args.stride if args.stride is not None else max(1, args.length * 3 // 4),
             args.burn_in if args.burn_in is not None else args.length // 4,

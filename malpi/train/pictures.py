@@ -26,15 +26,10 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 
 
 def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
-    import cv2
+    """Write an RGB image (PNG, or the format the suffix names)."""
+    from malpi.sim.pictures import save_image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(
-        str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    ):
-        raise OSError(f"could not write {path}")
-    return path
+    return save_image(path, rgb)
 
 
 def _text(img, s: str, org, scale: float = 0.45, colour=INK, thick: int = 1) -> None:
