@@ -157,27 +157,42 @@ def test_the_documents_hex_examples_are_what_the_code_sends():
 
 
 def test_the_documents_python_client_drives_the_robot(tmp_path, monkeypatch):
-    """The example written against the document alone (plain pyzmq + msgpack) works."""
+    """The example written against the document alone (plain pyzmq + msgpack, CURVE) works."""
     from daemon_helpers import moving
     from link_helpers import link_config, running_link
+
+    from malpi.link.keys import authorize, init_keys
 
     code = DOC.split("```python\n", 1)[1].split("```", 1)[0]
     fake = types.ModuleType("msgpack")  # msgpack's API, by msgspec (msgpack is not installed)
     fake.packb = msgspec.msgpack.encode
     fake.unpackb = msgspec.msgpack.decode
     monkeypatch.setitem(sys.modules, "msgpack", fake)
-    with running_link(link_config(tmp_path)) as d:
-        code = code.replace("tcp://robot:5555", d.link.command_endpoint)
-        code = code.replace("tcp://robot:5556", d.link.telemetry_endpoint)
+    # The files the example reads from its working directory: its key pair, the robot's key.
+    robot_keys = tmp_path / "robot-keys"
+    init_keys(robot_keys, "server")
+    client = init_keys(tmp_path, "client")
+    authorize(str(client.path), robot_keys / "authorized", "example")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "server.key").write_bytes((robot_keys / "server.key").read_bytes())
+    config = link_config(tmp_path, **{"link.curve": True, "link.keys_dir": str(robot_keys)})
+    with running_link(config) as d:
+        cmd_port = d.link.command_endpoint.rsplit(":", 1)[1]
+        tel_port = d.link.telemetry_endpoint.rsplit(":", 1)[1]
+        code = code.replace('ROBOT = "robot.local"', 'ROBOT = "127.0.0.1"')
+        code = code.replace("zmq.DEALER, 5555", f"zmq.DEALER, {cmd_port}")
+        code = code.replace("zmq.SUB, 5556", f"zmq.SUB, {tel_port}")
         code = code.replace("range(40)", "range(12)")  # 0.6 s is enough
         seen = []
         d.robot.telemetry.add_sink(
             lambda t, p: seen.append(p.get("source")) if t == "step" else None
         )
-        scope = {"print": lambda *a: None}
+        printed = []
+        scope = {"print": lambda *a: printed.append(a)}
         try:
             exec(compile(code, "docs/protocol.md", "exec"), scope)
         finally:
             if "ctx" in scope:  # a context left to the garbage collector could block in term()
                 scope["ctx"].destroy(linger=0)
+        assert printed and printed[-1][:2] == ("manual", "human")
         assert "human" in seen and d.robot.loop.mode == "paused" and not moving(d.factory)
