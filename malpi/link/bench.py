@@ -299,9 +299,12 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     files = []
     tmp = Path(tempfile.mkdtemp(prefix="malpi-bench-"))
     for name, data in bundles:
-        (tmp / f"{name}.malpi").write_bytes(data)
-        files.append((name, tmp / f"{name}.malpi", len(data)))
-    # (copies: the originals stay where the daemon booted from)
+        # Each bundle and a twin of the next version, loaded in turn: every load is a real swap
+        # (pushing the bundle that runs changes nothing). Copies: the originals stay put.
+        pair = [tmp / f"{name}-twin.malpi", tmp / f"{name}.malpi"]
+        pair[0].write_bytes(_twin(data))
+        pair[1].write_bytes(data)
+        files.append((name, pair, len(data)))
     pusher = subprocess.Popen(
         [
             sys.executable,
@@ -328,9 +331,10 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
         quiet = (time.monotonic(), time.monotonic() + quiet_s)
         time.sleep(quiet_s)
         missed_quiet = robot.loop.stats.missed_periods
-        for name, path, size in files:
+        for name, pair, size in files:
             load_ms = []
-            for _ in range(reloads):
+            for k in range(reloads):
+                path = pair[k % 2]
                 t0 = time.monotonic()
                 pusher.stdin.write(f"{path}\n")
                 pusher.stdin.flush()
@@ -339,6 +343,8 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
                 by_name.setdefault(name, []).append(windows[-1])
                 if "error" in reply:
                     raise RuntimeError(f"loading {name} failed: {reply['error']}")
+                if reply["version"] == reply["previous"]:  # a no-op would measure nothing
+                    raise RuntimeError(f"loading {name} did not swap: {reply['version']} ran")
                 load_ms.append(reply["load_ms"])
                 time.sleep(0.3)
             per_bundle[name] = {"bytes": size, "load_ms_median": _pct(load_ms, 50)}
@@ -347,8 +353,9 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     finally:
         pusher.stdin.close()
         pusher.wait(30)
-        for _, path, _ in files:
-            path.unlink(missing_ok=True)
+        for _, pair, _ in files:
+            for path in pair:
+                path.unlink(missing_ok=True)
         tmp.rmdir()
     starts = np.array([h["start"] for h in history])
     intervals = np.diff(starts) * 1000
@@ -419,6 +426,23 @@ def _pull(robot, link, history, dest: Path, rate_hz: float, drive_s: float) -> d
     }
 
 
+def _twin(data: bytes) -> bytes:
+    """The same policy as the next version (a new label), without TensorFlow."""
+    from malpi.policy.bundle import PolicyBundle
+
+    b = PolicyBundle.from_bytes(data, check_models=False)
+    return PolicyBundle.create(
+        b.spec,
+        b.actions,
+        b.weights,
+        b.tflite_float,
+        b.tflite_int8,
+        b.manifest.get("provenance", {}),
+        version=b.version + 1,
+        parent=b.id,
+    ).to_bytes()
+
+
 def _pusher(endpoint: str) -> None:
     """The bench's pusher process: loads each bundle file named on stdin, prints the reply."""
     import sys
@@ -437,6 +461,7 @@ def _pusher(endpoint: str) -> None:
             try:
                 reply = client.load_policy(data, timeout=300)
                 out = {"load_ms": reply.load_ms, "version": reply.version}
+                out["previous"] = reply.previous
             except RobotError as exc:
                 out = {"error": str(exc)}
             print(json.dumps(out), flush=True)
