@@ -65,7 +65,7 @@ def export_directory(store: EpisodeStore, episode_id: int, out: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("exported episode %d (%d steps) to %s", episode_id, info.step_count, out)
+    log.debug("exported episode %d (%d steps) to %s", episode_id, info.step_count, out)
     return out
 
 
@@ -145,5 +145,5 @@ def copy_episode(store: EpisodeStore, episode_id: int, dest: Path) -> int:
             dst.rollback()
             raise
         dst.commit()
-    log.info("copied episode %d of %s to %s as episode %d", episode_id, store.path, dest, new_id)
+    log.debug("copied episode %d of %s to %s as episode %d", episode_id, store.path, dest, new_id)
     return new_id

@@ -311,7 +311,7 @@ class EpisodeStore:
             self._conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,))
         with _db_errors(self.path):
             self._conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back
-        log.info("deleted episode %d (%d steps) from %s", episode_id, n, self.path)
+        log.debug("deleted episode %d (%d steps) from %s", episode_id, n, self.path)
         return n
 
     def set_outcome(
