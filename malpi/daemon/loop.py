@@ -14,6 +14,7 @@ loop that keeps overrunning its period. Boot mode is ``paused``.
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import math
 import queue
@@ -202,6 +203,10 @@ class ControlLoop:
         self.telemetry.event(
             "started", f"control loop at {self.settings.rate_hz:g} Hz, mode paused"
         )
+        # What exists now (libraries, the policy, buffers) lives as long as the loop: out of the
+        # collector's sight, a full collection no longer walks it. With a large heap (hundreds
+        # of thousands of objects) that walk holds the GIL for hundreds of ms: a stopped car.
+        gc.freeze()
         next_tick = time.monotonic()
         self._rate_mark = (next_tick, 0)
         try:
@@ -229,6 +234,7 @@ class ControlLoop:
             raise
         finally:
             self._shutdown()
+            gc.unfreeze()
             threading.excepthook = old_hook
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
