@@ -128,6 +128,15 @@ def test_every_topic_is_published_and_decodes(daemon):
     assert any(e.kind == "mode" and e.details["mode"] == "auto" for e in got["event"])
 
 
+def test_silence_on_the_telemetry_is_reported(daemon):
+    with daemon.client() as c:
+        # No event comes while nothing happens: the stream says so every `idle` seconds.
+        items = list(c.telemetry(["event"], seconds=1.0, idle=0.3))
+        assert items and all(i is None for i in items) and 2 <= len(items) <= 3
+        steps = list(c.telemetry(["step"], count=5, idle=0.3))  # 50 Hz: never idle
+        assert len(steps) == 5 and None not in steps
+
+
 def test_several_clients_at_once_and_a_req_client(daemon):
     errors = []
 

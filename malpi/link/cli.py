@@ -168,7 +168,12 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
         # Telemetry alone cannot tell a silent robot from none (or a CURVE mismatch): ask first.
         client.ping()
         try:
-            for topic, msg in client.telemetry(topics, seconds=args.seconds, count=args.count):
+            stream = client.telemetry(topics, seconds=args.seconds, count=args.count, idle=5.0)
+            for item in stream:
+                if item is None:
+                    print("no telemetry for 5 s: robot stopped, or link lost?", file=sys.stderr)
+                    continue
+                topic, msg = item
                 received += 1
                 d = msgspec.to_builtins(msg)
                 if topic == "frame" and not args.frame_data:

@@ -220,17 +220,27 @@ class RobotClient:
         topics: Iterable[str] = schema.TOPICS,
         seconds: float | None = None,
         count: int | None = None,
-    ) -> Iterator[tuple[str, Any]]:
-        """Telemetry messages as they arrive, for ``seconds`` or ``count`` messages (else forever)."""
+        idle: float | None = None,
+    ) -> Iterator[tuple[str, Any] | None]:
+        """Telemetry messages as they arrive, for ``seconds`` or ``count`` messages (else forever).
+
+        ``idle``: also yield None after every ``idle`` seconds without a message (the robot
+        stopped, or the link was lost), so that a caller can say so.
+        """
         self.subscribe(topics)
         end = None if seconds is None else time.monotonic() + seconds
         n = 0
+        last = time.monotonic()
         while (end is None or time.monotonic() < end) and (count is None or n < count):
             wait = 0.2 if end is None else max(0.0, min(0.2, end - time.monotonic()))
             msg = self.receive(wait)
             if msg is not None:
                 n += 1
+                last = time.monotonic()
                 yield msg
+            elif idle is not None and time.monotonic() - last >= idle:
+                last = time.monotonic()
+                yield None
 
     def close(self) -> None:
         self._sock.close(0)
