@@ -217,3 +217,28 @@ def test_rl_robot_command(tmp_path, capsys):
     assert out.startswith("iteration 1: 1 episodes") and f"pushed {running}" in out
     with EpisodeStore(tmp_path / "pulled.sqlite", readonly=True) as store:
         assert [e.policy_version for e in store.episodes()] == [b.label]
+
+
+def test_a_failure_while_driving_leaves_the_car_paused(tmp_path):
+    """A lost link (or Ctrl-C) in the middle of an episode: the loop pauses the car, then fails."""
+    from malpi.link.client import LinkTimeout
+
+    start = tmp_path / "a.malpi"
+    start.write_bytes(bundles()["a"])
+
+    class LinkDrops:
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def end_episode(self, *a, **kw):
+            raise LinkTimeout("no reply (test)")
+
+    config = link_config(tmp_path, **{"drivetrain.backend": "sim"})
+    cfg = RobotLoopConfig(db=str(tmp_path / "p.sqlite"), policy=str(start), episode_seconds=0.3)
+    with running_link(config) as daemon, daemon.client() as client:
+        with pytest.raises(LinkTimeout):
+            run_robot_loop("", cfg, client=LinkDrops(client))
+        assert client.status().mode == "paused"

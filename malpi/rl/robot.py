@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from malpi.actions import previous_actions
 from malpi.policy.bundle import PolicyBundle
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def episode_batch(net: Any, episodes: list[Any], cfg: RobotLoopConfig) -> dict[s
         T = len(ep)
         obs = ep.frames if spec.is_image else ep.frames.astype(np.float32)
         actions = ep.actions.astype(np.int32)
-        prev = np.concatenate([[-1], actions[:-1]]).astype(np.int32)
+        prev = previous_actions(actions)
         starts = np.zeros(T, np.float32)
         starts[0] = 1.0
         # The network's values and its LSTM state at every sequence start (zero at the episode's).
@@ -185,6 +186,25 @@ def _wait_for_recorder(client: Any, timeout: float = 10.0) -> None:
     log.warning("the robot's recorder still has steps queued; reading what is on disk")
 
 
+def _drive(client: Any, cfg: RobotLoopConfig) -> list[int | None]:
+    """``cfg.episodes`` episodes in auto mode; the car is paused again however this ends."""
+    client.set_mode("auto")
+    try:
+        client.reset_episode()  # a fresh episode with this policy
+        ended = []
+        for _ in range(cfg.episodes):
+            time.sleep(cfg.episode_seconds)
+            ended.append(client.end_episode("finished").ended)
+    except BaseException:  # Ctrl-C, a lost link: never leave the car driving on its own
+        try:
+            client.set_mode("paused")
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            log.error("could not pause the robot (%s): it may still be driving in auto", exc)
+        raise
+    client.set_mode("paused")
+    return ended
+
+
 def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[dict[str, Any]]:
     """Run ``cfg.iterations`` iterations against the robot at ``host``; one summary per iteration."""
     from malpi.link import schema
@@ -228,13 +248,7 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
         history: list[dict[str, Any]] = []
         for iteration in range(1, cfg.iterations + 1):
             # 1. Drive.
-            client.set_mode("auto")
-            client.reset_episode()  # a fresh episode with this policy
-            ended = []
-            for _ in range(cfg.episodes):
-                time.sleep(cfg.episode_seconds)
-                ended.append(client.end_episode("finished").ended)
-            client.set_mode("paused")
+            ended = _drive(client, cfg)
             _wait_for_recorder(client)
 
             # 2. Fetch what was driven.
