@@ -160,6 +160,63 @@ def test_accepted_bundle_is_used_at_next_boot_and_rollback_returns(tmp_path):
     assert sorted(p.suffix for p in store.directory.iterdir()) == [".json", ".malpi"]
 
 
+@pytest.mark.parametrize("failing", ["put", "commit"])
+def test_pushing_an_unpersisted_running_policy_again_persists_it(tmp_path, monkeypatch, failing):
+    store = PolicyStore(tmp_path / "store")
+    boot = link_config(tmp_path, **{"policy.path": ""})
+    real = getattr(PolicyStore, failing)
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    with running_link(link_config(tmp_path)) as d, d.client() as c:
+        loop = d.robot.loop
+        monkeypatch.setattr(PolicyStore, failing, full_disk)
+        first = c.load_policy(bundles()["b"])  # accepted and running, but not persisted
+        assert (first.version, first.previous) == (label("b"), label("a"))
+        assert not first.persisted and "No space left on device" in first.note
+        assert store.current() is None and loop.policy.version == label("b")
+        running, episode = loop.policy, c.status().episode
+        again = c.load_policy(bundles()["b"])  # the disk is still full
+        assert not again.persisted and "No space left on device" in again.note
+        assert again.previous == again.version and store.current() is None
+        monkeypatch.setattr(PolicyStore, failing, real)
+        fixed = c.load_policy(bundles()["b"])  # now it is persisted, without a swap
+        assert (fixed.version, fixed.previous) == (label("b"), label("b"))
+        assert fixed.persisted and fixed.episode == episode
+        assert loop.policy is running and c.status().episode == episode
+        assert store.current().label == label("b")
+        assert load_policy_bundle(boot)[0].label == label("b")
+        same = c.load_policy(bundles()["b"])  # persisted already: nothing changes
+        assert same.persisted and same.note == "already running: nothing changed"
+        assert loop.policy is running and c.status().episode == episode
+    assert not d.events.of("event", "policy_rejected")
+
+
+def test_pushing_the_policy_a_failed_rollback_left_running_persists_it(tmp_path, monkeypatch):
+    store = PolicyStore(tmp_path / "store")
+    boot = link_config(tmp_path, **{"policy.path": ""})
+    with running_link(link_config(tmp_path)) as d, d.client() as c:
+        loop = d.robot.loop
+        assert c.load_policy(bundles()["b"]).persisted
+        real = PolicyStore.commit
+
+        def read_only(self, history):
+            raise OSError("Read-only file system")
+
+        monkeypatch.setattr(PolicyStore, "commit", read_only)
+        back = c.rollback_policy()
+        assert back.version == label("a") and not back.persisted
+        assert store.current().label == label("b")  # the store still names b
+        running, episode = loop.policy, c.status().episode
+        monkeypatch.setattr(PolicyStore, "commit", real)
+        fixed = c.load_policy(bundles()["a"])
+        assert fixed.persisted and (fixed.version, fixed.previous) == (label("a"), label("a"))
+        assert loop.policy is running and fixed.episode == episode == c.status().episode
+        assert [e.label for e in store.history()] == [label("a")]  # what the rollback meant
+        assert load_policy_bundle(boot)[0].label == label("a")
+
+
 def test_a_broken_stored_policy_is_skipped_at_boot(tmp_path, caplog, monkeypatch):
     import malpi.policy.export as export
     import malpi.policy.model as model

@@ -220,10 +220,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         return 0
     if not args.rollback and reply.previous == reply.version:
         print(f"{reply.version} runs already: nothing changed (episode {reply.episode} goes on)")
-        return 0
-    verb = "rolled back to" if args.rollback else "running"
-    print(f"{verb} {reply.version} (was {reply.previous}); episode {reply.episode}")
-    print(f"validated and built in {reply.load_ms:.0f} ms off the control loop")
+    else:
+        verb = "rolled back to" if args.rollback else "running"
+        print(f"{verb} {reply.version} (was {reply.previous}); episode {reply.episode}")
+        print(f"validated and built in {reply.load_ms:.0f} ms off the control loop")
     print(
         "kept for the next boot" if reply.persisted else f"NOT kept for the next boot: {reply.note}"
     )

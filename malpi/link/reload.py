@@ -92,6 +92,9 @@ class PolicyManager:
         self.loop = loop
         self.store = PolicyStore(config.policy.store)
         self.source = source  # where the running policy came from
+        # (label, history before it) while a policy that came over the link runs but could not be
+        # persisted (full or read-only disk): pushing it again retries, without a swap.
+        self._unpersisted: tuple[str, list[Entry]] | None = None
 
     # -- the commands ---------------------------------------------------------------
 
@@ -103,30 +106,37 @@ class PolicyManager:
         running = self.loop.policy
         if running is not None and running.version == policy.version:
             # Pushing what runs is a no-op (idempotent pushes; a rollback still means the one
-            # before): no swap, no new episode, the store untouched.
-            current = self.store.current()
+            # before): no swap, no new episode. The store is untouched unless this policy came
+            # over the link and could not be persisted then: that is retried now.
+            persisted, note = self._persist_running(running.version, data)
             return PolicyReply(
                 version=running.version,
                 previous=running.version,
                 episode=self.loop.status()["episode"],
                 load_ms=round(load_ms, 1),
-                persisted=current is not None and current.label == running.version,
-                note="already running: nothing changed",
+                persisted=persisted,
+                note=note,
             )
-        persisted, note, history, entry = True, None, [], None
+        persisted, note, history, entry = True, None, None, None
         try:
             history = self._history_with(running)
             entry = self.store.put(policy.version, data)
         except OSError as exc:  # a full or read-only disk must not stop a good policy
             persisted, note = False, f"not persisted: {exc}"
             log.warning("policy %s accepted but %s", policy.version, note)
+        self._unpersisted = None
         result = self._swap(policy)
-        if persisted and entry is not None:
+        if persisted and history is not None and entry is not None:
             try:
                 self.store.commit([*history, entry])
             except OSError as exc:
                 persisted, note = False, f"not persisted: {exc}"
                 log.warning("policy %s running but %s", policy.version, note)
+        if not persisted:  # what a push of the same bundle will commit it after
+            self._unpersisted = (
+                policy.version,
+                history if history is not None else self.store.history(),
+            )
         self.source = "pushed over the link"
         del running  # the old interpreter is freed here, not on the control thread
         return _reply(PolicyReply, result, load_ms, persisted, note)
@@ -150,6 +160,7 @@ class PolicyManager:
         policy = self._build(data, what=f"stored policy {target.file}")
         load_ms = (time.perf_counter() - t0) * 1000
         old = self.loop.policy
+        self._unpersisted = None
         result = self._swap(policy)
         persisted, note = True, None
         try:
@@ -157,6 +168,7 @@ class PolicyManager:
         except OSError as exc:
             persisted, note = False, f"the store still names the newer policy current: {exc}"
             log.warning("rolled back to %s but %s", policy.version, note)
+            self._unpersisted = (policy.version, history[:index])
         self.source = f"rolled back ({target.file})"
         del old
         return _reply(RollbackReply, result, load_ms, persisted, note)
@@ -196,6 +208,26 @@ class PolicyManager:
                 f"the control loop did not swap the policy within {SWAP_TIMEOUT:g} s "
                 "(it may still do so)",
             ) from exc
+
+    def _persist_running(self, version: str, data: bytes) -> tuple[bool, str]:
+        """For a push of what runs already: (persisted, note). Persists it now, as :meth:`load`
+        would have, if it came over the link and that failed; otherwise leaves the store be."""
+        nothing = "already running: nothing changed"
+        current = self.store.current()
+        if current is not None and current.label == version:
+            self._unpersisted = None
+            return True, nothing
+        if self._unpersisted is None or self._unpersisted[0] != version:
+            return False, nothing  # e.g. booted from policy.path: not the store's business
+        try:
+            self.store.commit([*self._unpersisted[1], self.store.put(version, data)])
+        except OSError as exc:
+            note = f"not persisted: {exc}"
+            log.warning("policy %s running but still %s", version, note)
+            return False, note
+        self._unpersisted = None
+        log.info("policy %s, already running, is persisted now", version)
+        return True, "already running: persisted now (it was not before)"
 
     def _history_with(self, running: StepPolicy | None) -> list[Entry]:
         """The store's history, ending with the running policy so that a rollback can return to it."""
