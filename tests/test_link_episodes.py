@@ -77,7 +77,14 @@ def test_pull_copies_ended_episodes_exactly_and_only_once(drove, tmp_path):
 
     again = pull_episodes(c, local)
     assert again.pulled == [] and again.local_ids == result.local_ids
-    assert sorted(again.already_here) == sorted(result.local_ids)
+    assert sorted(again.already_here) == sorted(result.local_ids) and again.updated == []
+
+    # An outcome set on the robot after the pull reaches the copy with the next pull.
+    with EpisodeStore(robot_db) as robot:
+        robot.set_outcome(ended[0], "failed", -4.0)
+    third = pull_episodes(c, local)
+    assert third.updated == [ended[0]] and third.pulled == []
+    assert _meta(local, result.local_ids[ended[0]]) == _meta(robot_db, ended[0])
 
 
 def test_pull_by_id_waits_for_the_recorders_ending(tmp_path):
@@ -178,3 +185,30 @@ def test_pull_command(drove, tmp_path, capsys):
         assert [e.outcome for e in s.episodes()] == ["finished", "failed"]
     assert main(["pull", *host, "--out", str(out), "--episodes", "424242"]) == 1
     assert "no episode 424242" in capsys.readouterr().err
+
+
+def test_episode_requests_are_bounded_and_close_drops_the_queue(tmp_path):
+    import threading
+
+    from malpi.link.episodes import MAX_WAITING, EpisodeServer
+    from malpi.link.schema import ProtocolError
+
+    server = EpisodeServer(None)
+    gate = threading.Event()
+    server.list = lambda req: gate.wait(5)  # a slow disk
+    req = schema.ListEpisodes(v=schema.PROTOCOL_VERSION)
+    jobs = [server.submit(req) for _ in range(MAX_WAITING)]
+    with pytest.raises(ProtocolError, match="already waiting") as busy:
+        server.submit(req)
+    assert busy.value.code == "busy"
+    closer = threading.Thread(target=server.close)
+    closer.start()
+    time.sleep(0.2)
+    gate.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert jobs[0].result() is True and all(j.cancelled() for j in jobs[1:])
+    server.close()  # twice is fine
+    with pytest.raises(ProtocolError, match="closing") as stopped:
+        server.submit(req)
+    assert stopped.value.code == "stopped"

@@ -182,7 +182,8 @@ class RobotClient:
             schema.GetEpisode(
                 v=schema.PROTOCOL_VERSION, episode=episode, from_step=from_step, max_steps=max_steps
             ),
-            max(self.timeout, 30.0),  # a chunk is up to a few MB read from the robot's SD card
+            # Longer than the robot's own limit, so that its "timeout" reply arrives first.
+            max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
         )
 
     # -- telemetry -------------------------------------------------------------------

@@ -4,10 +4,13 @@ Reads run on their own worker thread with their own read-only connection to
 the recorder's database (SQLite in WAL mode: the recorder keeps writing), so
 neither the control loop nor the command socket waits on the disk. Episodes
 are sent in chunks of steps, each a bounded reply, rows exactly as stored.
+Listing reads no configuration or action table, and the SQL does the paging:
+the Python work (which competes with the control loop for the GIL) stays small.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from malpi.link import schema
 from malpi.link.schema import ProtocolError
 from malpi.recorder.codec import unpack_probs
 from malpi.recorder.schema import StoreError
-from malpi.recorder.store import EpisodeInfo, EpisodeStore
+from malpi.recorder.store import EpisodeStore
+
+MAX_WAITING = 8  # requests queued or running; more are answered "busy"
 
 
 class EpisodeServer:
@@ -26,21 +31,39 @@ class EpisodeServer:
         # One worker: the connection below is used by that thread only (SQLite's rule).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="malpi-link-episodes")
         self._conn: EpisodeStore | None = None
+        self._jobs: set[Future] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def submit(self, request: schema.ListEpisodes | schema.GetEpisode) -> Future:
         job = self.list if isinstance(request, schema.ListEpisodes) else self.chunk
-        return self._pool.submit(job, request)
+        with self._lock:
+            self._jobs = {f for f in self._jobs if not f.done()}
+            if self._closed:
+                raise ProtocolError("stopped", "the link is closing")
+            if len(self._jobs) >= MAX_WAITING:
+                raise ProtocolError("busy", f"{MAX_WAITING} episode requests are already waiting")
+            future = self._pool.submit(job, request)
+            self._jobs.add(future)
+        return future
 
     def close(self) -> None:
-        self._pool.submit(self._close_store)
+        """Drop the requests still queued (the daemon is stopping), close the connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for f in self._jobs:
+                f.cancel()
+            self._pool.submit(self._close_store)
         self._pool.shutdown(wait=True)
 
     # -- on the worker thread ---------------------------------------------------------
 
     def list(self, req: schema.ListEpisodes) -> schema.EpisodeList:
-        infos = [e for e in self._store().episodes() if e.id > req.since]
+        rows = self._store().summaries(req.since, req.limit + 1)  # one more: is there more?
         return schema.EpisodeList(
-            episodes=[_summary(e) for e in infos[: req.limit]], more=len(infos) > req.limit
+            episodes=[_summary(r) for r in rows[: req.limit]], more=len(rows) > req.limit
         )
 
     def chunk(self, req: schema.GetEpisode) -> schema.EpisodeChunk:
@@ -55,36 +78,49 @@ class EpisodeServer:
             )
         steps: list[schema.StepRecord] = []
         size = 0
+        next_step = None
         # One row past the limit tells whether there is more.
         rows = store.raw_step_rows(info.id, req.from_step, req.max_steps + 1)
-        next_step = None
-        for row in rows:
-            step, action, source, probs, value, reward, done, t_cap, t_act, version, frame = row
-            if len(steps) == req.max_steps or (
-                steps and size + len(frame) > schema.CHUNK_FRAME_BYTES
-            ):
-                next_step = step
-                break
-            probs_list = unpack_probs(probs)
-            steps.append(
-                schema.StepRecord(
-                    step=step,
-                    action=action,
-                    source=source,
-                    probs=None if probs_list is None else probs_list.tolist(),
-                    value=value,
-                    reward=reward,
-                    done=bool(done),
-                    capture_time=t_cap,
-                    action_time=t_act,
-                    policy_version=version,
-                    frame=bytes(frame),
+        try:
+            for row in rows:
+                step, action, source, probs, value, reward, done, t_cap, t_act, version, jpeg = row
+                if len(steps) == req.max_steps or (
+                    steps and size + len(jpeg) > schema.CHUNK_FRAME_BYTES
+                ):
+                    next_step = step
+                    break
+                probs = unpack_probs(probs)
+                steps.append(
+                    schema.StepRecord(
+                        step=step,
+                        action=action,
+                        source=source,
+                        probs=None if probs is None else probs.tolist(),
+                        value=value,
+                        reward=reward,
+                        done=bool(done),
+                        capture_time=t_cap,
+                        action_time=t_act,
+                        policy_version=version,
+                        frame=bytes(jpeg),
+                    )
                 )
-            )
-            size += len(frame)
-        rows.close()
+                size += len(jpeg)
+        finally:
+            rows.close()  # ends the read (and its WAL snapshot) now
         return schema.EpisodeChunk(
-            episode=_summary(info),
+            episode=schema.EpisodeSummary(
+                id=info.id,
+                uuid=info.uuid,
+                started_at=info.started_at,
+                ended_at=info.ended_at,
+                outcome=info.outcome,
+                final_reward=info.final_reward,
+                policy_version=info.policy_version,
+                steps=info.step_count,
+                dropped_steps=info.dropped_steps,
+                notes=info.notes,
+            ),
             started_mono=info.started_mono,
             config=info.config,
             actions=[schema.ActionInfo(**a) for a in info.action_table.to_list()],
@@ -108,16 +144,9 @@ class EpisodeServer:
             self._conn = None
 
 
-def _summary(e: EpisodeInfo) -> schema.EpisodeSummary:
+def _summary(row: dict) -> schema.EpisodeSummary:
+    """A ``summaries()`` row as its wire form."""
+    last = row.pop("last_step")
     return schema.EpisodeSummary(
-        id=e.id,
-        uuid=e.uuid,
-        started_at=e.started_at,
-        ended_at=e.ended_at,
-        outcome=e.outcome,
-        final_reward=e.final_reward,
-        policy_version=e.policy_version,
-        steps=e.step_count,
-        dropped_steps=e.dropped_steps,
-        notes=e.notes,
+        **row, dropped_steps=0 if last is None else last + 1 - row["steps"]
     )

@@ -53,6 +53,7 @@ ActionIndex = Annotated[int, Meta(ge=0, le=255)]
 MAX_LIST_EPISODES = 1000  # episodes per list_episodes reply
 MAX_CHUNK_STEPS = 1024  # steps per get_episode reply
 CHUNK_FRAME_BYTES = 4 * 1024 * 1024  # a get_episode reply stops adding steps past this many
+EPISODE_TIMEOUT = 30.0  # s: an episode request not answered by then gets a "timeout" error
 
 
 class ProtocolError(Exception):

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 5.0  # s: a loop command not done by then gets a "timeout" error
 LOAD_TIMEOUT = 300.0  # s: validating a big bundle on a Pi takes seconds, not minutes
-EPISODE_TIMEOUT = 30.0  # s: one chunk of an episode read from the SD card
 
 
 @dataclass
@@ -237,7 +236,8 @@ class LinkServer:
                 envelope, req, self._loader.submit(job), lambda r: r, LOAD_TIMEOUT
             )
         elif isinstance(req, schema.ListEpisodes | schema.GetEpisode):
-            self._later(envelope, req, self.episodes.submit(req), lambda r: r, EPISODE_TIMEOUT)
+            job = self.episodes.submit(req)  # ProtocolError("busy") when too many are waiting
+            self._later(envelope, req, job, lambda r: r, schema.EPISODE_TIMEOUT)
         else:  # pragma: no cover - every request type is handled above
             raise ProtocolError("unknown_type", f"unhandled request {type(req).__name__}")
 

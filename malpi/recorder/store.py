@@ -206,6 +206,23 @@ class EpisodeStore:
             rows = self._conn.execute(_EPISODE_SELECT + " ORDER BY e.id").fetchall()
         return [self._info(r) for r in rows]
 
+    def summaries(self, since: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """Episodes with an id above ``since``, oldest first, at most ``limit`` (-1: all): the
+        columns a listing needs, plus ``steps`` and ``last_step`` (no config or action table
+        is parsed: a robot lists thousands of episodes while it drives)."""
+        with _db_errors(self.path):
+            cursor = self._conn.execute(
+                "SELECT e.id, e.uuid, e.started_at, e.ended_at, e.outcome, e.final_reward, "
+                "e.policy_version, e.notes, "
+                "(SELECT count(*) FROM steps s WHERE s.episode_id = e.id), "
+                "(SELECT max(step) FROM steps s WHERE s.episode_id = e.id) "
+                "FROM episodes e WHERE e.id > ? ORDER BY e.id LIMIT ?",
+                (since, limit),
+            )
+            names = [d[0] for d in cursor.description]
+            names[-2:] = ["steps", "last_step"]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
     def episode(self, episode_id: int) -> EpisodeInfo:
         with _db_errors(self.path):
             row = self._conn.execute(_EPISODE_SELECT + " WHERE e.id = ?", (episode_id,)).fetchone()
