@@ -143,7 +143,8 @@ def test_accepted_bundle_is_used_at_next_boot_and_rollback_returns(tmp_path):
         episode = c.status().episode
         same = c.load_policy(bundles()["a"])  # what runs already: nothing changes
         assert (same.version, same.previous) == (label("a"), label("a"))
-        assert same.note == "already running: nothing changed" and same.episode == episode
+        assert same.note.startswith("already running: nothing changed (it runs from ")
+        assert same.episode == episode and not same.persisted
         assert store.history() == [] and c.status().episode == episode
         c.load_policy(bundles()["b"])
         assert [e.label for e in store.history()] == [label("a"), label("b")]

@@ -218,7 +218,8 @@ class PolicyManager:
             self._unpersisted = None
             return True, nothing
         if self._unpersisted is None or self._unpersisted[0] != version:
-            return False, nothing  # e.g. booted from policy.path: not the store's business
+            # e.g. booted from policy.path: not the store's business, but say so.
+            return False, f"{nothing} (it runs from {self.source or 'boot'}, not the policy store)"
         try:
             self.store.commit([*self._unpersisted[1], self.store.put(version, data)])
         except OSError as exc:
