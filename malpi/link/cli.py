@@ -51,7 +51,9 @@ def register(commands, bench) -> None:
     pl.add_argument(
         "--episodes", metavar="IDS", help="robot episode ids, e.g. 3,5-9 (default: all)"
     )
-    pl.add_argument("--since", type=int, default=0, help="only episodes with a larger id")
+    pl.add_argument(
+        "--since", type=int, default=0, help="only episodes with a larger id (without --episodes)"
+    )
     pl.add_argument("--list", action="store_true", help="list the robot's episodes, copy nothing")
     pl.add_argument("--json", action="store_true", help="print the result as JSON")
     pl.set_defaults(func=cmd_pull)
@@ -239,7 +241,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     if not args.list and not args.out:
         raise ValueError("malpi pull: give --out FILE.sqlite (or --list)")
-    ids = parse_seeds(args.episodes) if args.episodes else None
+    try:
+        ids = parse_seeds(args.episodes) if args.episodes else None
+    except ValueError as exc:
+        raise ValueError(f"malpi pull: --episodes {args.episodes!r}: {exc}") from None
     with _client(args) as client:
         try:
             if args.list:
