@@ -21,7 +21,9 @@ AREAS = [
     "malpi.sim.cli",
     "malpi.daemon.cli",
     "malpi.rl.cli",
-    "malpi.link.cli",
+    "malpi.operator.cli",
+    "malpi.operator.keys_cli",
+    "malpi.bench.cli",
     "malpi.train.cli",
 ]
 

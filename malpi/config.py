@@ -9,6 +9,7 @@ drivetrain.differential.left_forward``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -403,7 +404,7 @@ def _validate_link(link: LinkConfig) -> None:
     _require(bool(link.keys_dir) or not link.curve, "link.keys_dir", "CURVE needs a keys directory")
     if link.curve or link.allow_insecure_remote:
         return
-    from malpi.link.address import is_local
+    from malpi.protocol.address import is_local
 
     for key, addr in (("link.command", link.command), ("link.telemetry", link.telemetry)):
         _require(
@@ -454,3 +455,39 @@ def to_toml(config: Config) -> str:
         lines.append("\n[[actions]]")
         lines.extend(f"{k} = {scalar(v)}" for k, v in a.items())
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config FILE and --set KEY=VALUE, for every command that reads the configuration."""
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (default: $MALPI_CONFIG, else /etc/malpi/malpi.toml if it exists, else built-in defaults)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set loop.rate_hz=30 (TOML value syntax)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration named by --config (or $MALPI_CONFIG, or the robot's), with --set overrides."""
+    path = args.config or os.environ.get("MALPI_CONFIG")
+    if path is None and ROBOT_CONFIG_PATH.exists():
+        path = ROBOT_CONFIG_PATH
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = raw  # a bare word is a string
+    if getattr(args, "sim", False):
+        overrides.setdefault("camera.backend", "sim")
+        overrides.setdefault("drivetrain.backend", "sim")
+    return load_config(path, overrides)

@@ -12,7 +12,7 @@ from policy_helpers import TINY_SPEC
 
 from malpi.actions import DEFAULT_ACTIONS
 from malpi.config import load_config
-from malpi.daemon.build import build_robot
+from malpi.daemon.control.build import build_robot
 from malpi.policy.export import make_bundle
 from malpi.policy.model import build_policy
 from malpi.policy.spec import PolicySpec

@@ -12,9 +12,9 @@ from daemon_helpers import SPEC, robot_config, running_robot
 from policy_helpers import sharpen
 
 from malpi.actions import DEFAULT_ACTIONS
-from malpi.link import schema
-from malpi.link.client import RobotClient
-from malpi.link.server import LinkServer
+from malpi.daemon.link.server import LinkServer
+from malpi.operator.client import RobotClient
+from malpi.protocol import schema
 
 LOOPBACK = {
     "link.command": "tcp://127.0.0.1:*",

@@ -14,7 +14,7 @@ from daemon_helpers import (
     wait_until,
 )
 
-from malpi.daemon.notify import Notifier
+from malpi.daemon.control.notify import Notifier
 
 
 class NotifySocket:

@@ -164,7 +164,7 @@ def test_signal_stops_the_motors_and_ends_the_loop(config, sig):
     """Real signals need the main thread: the loop runs here, a timer sends the signal."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from malpi.daemon.build import build_robot
+    from malpi.daemon.control.build import build_robot
 
     factory = MockFactory(pin_class=MockPWMPin)
     robot = build_robot(config, pin_factory=factory)

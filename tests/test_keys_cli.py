@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from malpi.cli import main
-from malpi.link.keys import KeyFileError, authorize, init_keys, trust
+from malpi.protocol.keys import KeyFileError, authorize, init_keys, trust
 
 
 def test_missing_key_file_is_named(tmp_path, capsys):

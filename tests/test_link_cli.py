@@ -102,7 +102,7 @@ def test_drive_refuses_a_busy_link_address_before_moving(tmp_path):
 
 
 def test_bench_link_quick(tmp_path, capsys):
-    from malpi.link import bench
+    from malpi.bench import link as bench
 
     (tmp_path / "a.malpi").write_bytes(bundles()["a"])
     result = bench.run(

@@ -9,8 +9,8 @@ import zmq
 from daemon_helpers import PERIOD, duty, moving, wait_until
 from link_helpers import link_config, raw_request, request_bytes, running_link
 
-from malpi.link import schema
-from malpi.link.client import RobotError
+from malpi.operator.client import RobotError
+from malpi.protocol import schema
 from malpi.recorder.store import EpisodeStore
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from malpi.config import ConfigError, load_config
-from malpi.link.address import endpoints_for, is_local
+from malpi.protocol.address import endpoints_for, is_local
 
 
 def test_link_defaults_are_loopback_and_valid():

@@ -10,9 +10,9 @@ from daemon_helpers import PERIOD, moving, wait_until
 from link_helpers import link_config, running_link
 
 from malpi.cli import main
-from malpi.link import schema
-from malpi.link.client import RobotError
-from malpi.link.pull import PullError, list_all, pull_episodes
+from malpi.operator.client import RobotError
+from malpi.operator.pull import PullError, list_all, pull_episodes
+from malpi.protocol import schema
 from malpi.recorder.store import EpisodeStore
 
 
@@ -190,8 +190,8 @@ def test_pull_command(drove, tmp_path, capsys):
 def test_episode_requests_are_bounded_and_close_drops_the_queue(tmp_path):
     import threading
 
-    from malpi.link.episodes import MAX_WAITING, EpisodeServer
-    from malpi.link.schema import ProtocolError
+    from malpi.daemon.link.episodes import MAX_WAITING, EpisodeServer
+    from malpi.protocol.schema import ProtocolError
 
     server = EpisodeServer(None)
     gate = threading.Event()

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from link_helpers import link_config, raw_request, request_bytes, running_link
 
-from malpi.link import schema
+from malpi.protocol import schema
 
 VALID = {  # one valid request of each type, to mutate
     "ping": {},

@@ -12,10 +12,10 @@ from daemon_helpers import moving, wait_until
 from link_helpers import bundles, link_config, running_link
 from policy_helpers import edit_weights, rezip
 
-from malpi.daemon.build import load_policy_bundle
-from malpi.link.client import RobotError
-from malpi.link.store import PolicyStore
+from malpi.daemon.control.build import load_policy_bundle
+from malpi.operator.client import RobotError
 from malpi.policy.bundle import PolicyBundle
+from malpi.policy.store import PolicyStore
 
 RATE = {"loop.rate_hz": 20.0}  # the daemon's default rate
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from malpi.link import schema
+from malpi.protocol import schema
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
 
@@ -161,7 +161,7 @@ def test_the_documents_python_client_drives_the_robot(tmp_path, monkeypatch):
     from daemon_helpers import moving
     from link_helpers import link_config, running_link
 
-    from malpi.link.keys import authorize, init_keys
+    from malpi.protocol.keys import authorize, init_keys
 
     code = DOC.split("```python\n", 1)[1].split("```", 1)[0]
     fake = types.ModuleType("msgpack")  # msgpack's API, by msgspec (msgpack is not installed)

@@ -10,9 +10,17 @@ import zmq
 from link_helpers import link_config, running_link
 
 from malpi.cli import main
-from malpi.link.client import LinkTimeout
-from malpi.link.keys import KeyFileError, authorize, init_keys, list_keys, read_key, revoke, trust
-from malpi.link.server import LinkError, LinkServer, TelemetryPublisher
+from malpi.daemon.link.server import LinkError, LinkServer, TelemetryPublisher
+from malpi.operator.client import LinkTimeout
+from malpi.protocol.keys import (
+    KeyFileError,
+    authorize,
+    init_keys,
+    list_keys,
+    read_key,
+    revoke,
+    trust,
+)
 
 
 def test_keys_are_private_and_not_overwritten(tmp_path):

@@ -8,13 +8,13 @@ import pytest
 from daemon_helpers import PERIOD, duty, moving, wait_until
 from link_helpers import link_config, running_link
 
-from malpi.link.schema import ActionInfo
+from malpi.protocol.schema import ActionInfo
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 pygame = pytest.importorskip("pygame")
 
-from malpi.link.teleop import MODE_COLOURS, Teleop, choose_action  # noqa: E402
+from malpi.operator.teleop import MODE_COLOURS, Teleop, choose_action  # noqa: E402
 
 TABLE = [
     ActionInfo(name=n, steering=s, throttle=t)

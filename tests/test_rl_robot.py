@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 from link_helpers import bundles, link_config, running_link
 
+from malpi.daemon.control.reward import RewardingRecorder, RewardSource
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.model import build_policy
 from malpi.recorder.store import EpisodeStore
-from malpi.rl.reward import RewardingRecorder, RewardSource
 from malpi.rl.robot import RobotLoopConfig, episode_batch, run_robot_loop
 
 
@@ -221,7 +221,7 @@ def test_rl_robot_command(tmp_path, capsys):
 
 def test_a_failure_while_driving_leaves_the_car_paused(tmp_path):
     """A lost link (or Ctrl-C) in the middle of an episode: the loop pauses the car, then fails."""
-    from malpi.link.client import LinkTimeout
+    from malpi.operator.client import LinkTimeout
 
     start = tmp_path / "a.malpi"
     start.write_bytes(bundles()["a"])

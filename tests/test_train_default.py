@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 from malpi.config import Config
-from malpi.daemon.build import DEFAULT_POLICY
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import StepPolicy
+from malpi.policy.store import shipped_policy
 from malpi.train.evaluate import drive_track
 
-SHIPPED = resources.files("malpi") / "data" / DEFAULT_POLICY
+SHIPPED = shipped_policy()
 
 
 def test_the_shipped_default_policy_loads_and_drives_an_eval_track_without_leaving_it():

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from malpi.config import add_config_args, config_from_args
+
 log = logging.getLogger(__name__)
 
 
 def register(commands, bench) -> None:
     d = commands.add_parser("drive", help="run the robot daemon (on the simulator with --sim)")
-    _config_args(d)
+    add_config_args(d)
     d.add_argument(
         "--sim", action="store_true", help="use the built-in simulator for camera and drivetrain"
     )
@@ -33,75 +35,26 @@ def register(commands, bench) -> None:
     d.add_argument("--quiet", action="store_true", help="no live status line")
     d.set_defaults(func=cmd_drive)
 
-    b = bench.add_parser(
-        "loop", help="the daemon on the simulator: period jitter and per-stage latency"
-    )
-    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
-    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive (default 60)")
-    b.add_argument(
-        "--config", metavar="FILE", help="base configuration (camera/drivetrain are forced to sim)"
-    )
-    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.set_defaults(func=cmd_bench_loop)
-
     c = commands.add_parser("config", help="show the effective configuration")
     sub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = sub.add_parser("show", help="validate and print the effective configuration as TOML")
-    _config_args(show)
+    add_config_args(show)
     show.add_argument("--sim", action="store_true", help="as malpi drive --sim would run")
     show.set_defaults(func=cmd_config_show)
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML configuration (default: $MALPI_CONFIG, else /etc/malpi/malpi.toml if it exists, else built-in defaults)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one key, e.g. --set loop.rate_hz=30 (TOML value syntax)",
-    )
-
-
-def load_from_args(args: argparse.Namespace):
-    import tomllib
-
-    from malpi.config import ROBOT_CONFIG_PATH, ConfigError, load_config
-
-    path = args.config or os.environ.get("MALPI_CONFIG")
-    if path is None and ROBOT_CONFIG_PATH.exists():
-        path = ROBOT_CONFIG_PATH
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key.strip()] = raw  # a bare word is a string
-    if getattr(args, "sim", False):
-        overrides.setdefault("camera.backend", "sim")
-        overrides.setdefault("drivetrain.backend", "sim")
-    return load_config(path, overrides)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     from malpi.config import to_toml
 
-    sys.stdout.write(to_toml(load_from_args(args)))
+    sys.stdout.write(to_toml(config_from_args(args)))
     return 0
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
-    from malpi.daemon.build import build_robot
-    from malpi.daemon.notify import Notifier
+    from malpi.daemon.control.build import build_robot
+    from malpi.daemon.control.notify import Notifier
 
-    config = load_from_args(args)  # fails here, before any GPIO, on a bad config
+    config = config_from_args(args)  # fails here, before any GPIO, on a bad config
     if args.no_record:
         # Not just enabled = false (that boots with recording off, the operator may start it):
         # no recorder, so a second daemon can run beside one that records.
@@ -115,7 +68,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     try:
         if config.link.enabled:  # binds now: a refused or busy address stops here, motors stopped
             try:
-                from malpi.link.server import start_link
+                from malpi.daemon.link.server import start_link
             except ImportError as exc:
                 raise SystemExit(
                     f"malpi drive: the link needs pyzmq and msgspec ({exc}): "
@@ -186,10 +139,3 @@ class StatusLine:
                 f"action {name:<10} infer {lat:.2f} ms rec {'on' if s['recording'] else 'off'}{extra} [{faults}]"
             )
             sys.stderr.flush()
-
-
-def cmd_bench_loop(args: argparse.Namespace) -> int:
-    from malpi.daemon import bench
-
-    bench.run(rate_hz=args.rate, seconds=args.seconds, json_path=args.json, config_path=args.config)
-    return 0

@@ -159,7 +159,7 @@ def episode_batch(net: Any, episodes: list[Any], cfg: RobotLoopConfig) -> dict[s
 def pull_driven(client: Any, db: str, ids: list[int], label: str, min_steps: int) -> list[Any]:
     """The robot's episodes ``ids`` (those ``label`` drove, of ``min_steps`` or more), pulled
     over the link into ``db`` and read back as ``EpisodeData``."""
-    from malpi.link.pull import pull_episodes
+    from malpi.operator.pull import pull_episodes
     from malpi.recorder.store import EpisodeStore
 
     # The recorder writes an episode's ending a moment after end_episode returns: wait for it.
@@ -207,10 +207,10 @@ def _drive(client: Any, cfg: RobotLoopConfig) -> list[int | None]:
 
 def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[dict[str, Any]]:
     """Run ``cfg.iterations`` iterations against the robot at ``host``; one summary per iteration."""
-    from malpi.link import schema
-    from malpi.link.client import RobotClient
+    from malpi.operator.client import RobotClient
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
+    from malpi.protocol import schema
     from malpi.rl.ppo import Learner, PPOConfig
 
     own = client is None

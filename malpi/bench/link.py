@@ -39,8 +39,8 @@ def run(
     """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy);
     ``pull_drive_s``: seconds driven (and recorded) before the pull."""
     from malpi.config import load_config
-    from malpi.daemon.build import build_robot
-    from malpi.link.server import LinkServer
+    from malpi.daemon.control.build import build_robot
+    from malpi.daemon.link.server import LinkServer
 
     result: dict[str, Any] = {"rate_hz": rate_hz}
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +111,7 @@ def _bundle_files(tmp: Path, config, seed_size: bool, policy: str | None) -> lis
     import subprocess
     import sys
 
-    from malpi.daemon.build import load_policy_bundle
+    from malpi.daemon.control.build import load_policy_bundle
 
     out: list[tuple[str, Path]] = []
     if policy:
@@ -123,7 +123,7 @@ def _bundle_files(tmp: Path, config, seed_size: bool, policy: str | None) -> lis
     wanted += ["seed"] if seed_size else []
     if wanted:
         h, w = config.camera.height, config.camera.width
-        code = f"from malpi.link.bench import _make; _make({str(tmp)!r}, {h}, {w}, {wanted!r})"
+        code = f"from malpi.bench.link import _make; _make({str(tmp)!r}, {h}, {w}, {wanted!r})"
         made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if made.returncode != 0:
             log.warning("no %s bundle (needs TensorFlow): %s", wanted, made.stderr[-500:])
@@ -134,12 +134,10 @@ def _bundle_files(tmp: Path, config, seed_size: bool, policy: str | None) -> lis
 
 
 def _store_or_installed(config) -> bool:
-    from importlib import resources
 
-    from malpi.daemon.build import DEFAULT_POLICY
-    from malpi.link.store import PolicyStore
+    from malpi.policy.store import PolicyStore, shipped_policy
 
-    shipped = resources.files("malpi") / "data" / DEFAULT_POLICY
+    shipped = shipped_policy()
     return PolicyStore(config.policy.store).current() is not None or shipped.is_file()
 
 
@@ -165,7 +163,7 @@ def _pct(values, q) -> float | None:
 
 
 def _round_trips(link, n: int, prefix: str, keys: dict | None = None) -> dict[str, Any]:
-    from malpi.link.client import RobotClient
+    from malpi.operator.client import RobotClient
 
     client = RobotClient(
         command=link.command_endpoint,
@@ -196,8 +194,8 @@ def _curve_server(robot, tmp: Path):
     """A second link on the same daemon, with CURVE and one authorised client."""
     import dataclasses
 
-    from malpi.link.keys import authorize, init_keys
-    from malpi.link.server import LinkServer
+    from malpi.daemon.link.server import LinkServer
+    from malpi.protocol.keys import authorize, init_keys
 
     keys = tmp / "keys"
     server = init_keys(keys, "server")
@@ -215,8 +213,8 @@ def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
 
     import zmq
 
-    from malpi.link import schema
-    from malpi.link.server import TelemetryPublisher
+    from malpi.daemon.link.server import TelemetryPublisher
+    from malpi.protocol import schema
     from malpi.recorder.codec import encode_jpeg
 
     link = dataclasses.replace(robot.config.link, telemetry_hwm=10000, curve=False)
@@ -292,7 +290,7 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     import subprocess
     import sys
 
-    from malpi.link.client import RobotClient
+    from malpi.operator.client import RobotClient
 
     if not bundles:
         return {"reload_missed_periods": None, "reload_max_period_ms": None, "reloads": 0}
@@ -309,7 +307,7 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
         [
             sys.executable,
             "-c",
-            f"from malpi.link.bench import _pusher; _pusher({link.command_endpoint!r})",
+            f"from malpi.bench.link import _pusher; _pusher({link.command_endpoint!r})",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -388,7 +386,7 @@ def _pull(robot, link, history, dest: Path, rate_hz: float, drive_s: float) -> d
     import subprocess
     import sys
 
-    from malpi.link.client import RobotClient
+    from malpi.operator.client import RobotClient
 
     with RobotClient(command=link.command_endpoint, insecure=True) as client:
         client.set_mode("auto")
@@ -401,8 +399,8 @@ def _pull(robot, link, history, dest: Path, rate_hz: float, drive_s: float) -> d
         [
             sys.executable,
             "-c",
-            "import json; from malpi.link.client import RobotClient; "
-            "from malpi.link.pull import pull_episodes; "
+            "import json; from malpi.operator.client import RobotClient; "
+            "from malpi.operator.pull import pull_episodes; "
             f"c = RobotClient(command={link.command_endpoint!r}, insecure=True); "
             f"r = pull_episodes(c, {str(dest)!r}); "
             "print(json.dumps([sum(p.steps for p in r.pulled), sum(p.bytes for p in r.pulled), "
@@ -447,7 +445,7 @@ def _pusher(endpoint: str) -> None:
     """The bench's pusher process: loads each bundle file named on stdin, prints the reply."""
     import sys
 
-    from malpi.link.client import RobotClient, RobotError
+    from malpi.operator.client import RobotClient, RobotError
 
     cache: dict[str, bytes] = {}
     with RobotClient(command=endpoint, insecure=True, timeout=300) as client:

@@ -21,6 +21,8 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from malpi.policy.bundle import write_atomic
@@ -31,6 +33,12 @@ FORMAT = "malpi-policy-store"
 VERSION = 1
 STATE = "policies.json"
 KEEP = 10  # history entries (and bundle files) kept; older ones are deleted
+SHIPPED_POLICY = "default.malpi"  # in malpi/data/, trained by `malpi train default`
+
+
+def shipped_policy() -> Traversable:
+    """The policy installed with the package (the daemon's fallback at boot)."""
+    return resources.files("malpi") / "data" / SHIPPED_POLICY
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``malpi teleop``, ``telemetry``, ``push``, ``pull``, ``keys`` and ``bench link``."""
+"""The operator's commands: ``malpi teleop``, ``telemetry``, ``push`` and ``pull``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ REPLY_TIMEOUT = 2.0  # s, the default wait for a reply
 LOAD_TIMEOUT = 120.0  # s, for load_policy / rollback_policy: a big bundle takes seconds on a Pi
 
 
-def register(commands, bench) -> None:
+def register(commands, bench) -> None:  # noqa: ARG001 - no benchmarks here
     t = commands.add_parser("teleop", help="watch and drive the robot in a window (pygame)")
     _connection_args(t, telemetry=True)
     t.add_argument("--size", default="640x480", help="video size in the window (default 640x480)")
@@ -58,51 +58,6 @@ def register(commands, bench) -> None:
     pl.add_argument("--json", action="store_true", help="print the result as JSON")
     pl.set_defaults(func=cmd_pull)
 
-    k = commands.add_parser("keys", help="CURVE keys: the robot's, its clients', trusted robots")
-    sub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    init = sub.add_parser("init", help="create a key pair (a client's, or the daemon's --server)")
-    init.add_argument(
-        "--server", action="store_true", help="the daemon's key pair, in link.keys_dir"
-    )
-    init.add_argument("--name", help="key name (default: client, or server with --server)")
-    init.add_argument("--dir", help="key directory (default: link.keys_dir)")
-    init.add_argument("--force", action="store_true", help="replace an existing key pair")
-    _config_args(init)
-    init.set_defaults(func=cmd_keys_init)
-    auth = sub.add_parser("authorize", help="let a client in: add its public key")
-    auth.add_argument("key", help="the client's .key file, or its 40-character public key")
-    auth.add_argument("--name", help="name to keep it under (default: the file's name)")
-    auth.add_argument("--dir", help="authorised-keys directory (default: from the config)")
-    _config_args(auth)
-    auth.set_defaults(func=cmd_keys_authorize)
-    rev = sub.add_parser("revoke", help="remove an authorised client key")
-    rev.add_argument("name")
-    rev.add_argument("--dir", help="authorised-keys directory (default: from the config)")
-    _config_args(rev)
-    rev.set_defaults(func=cmd_keys_revoke)
-    lst = sub.add_parser("list", help="list key pairs, authorised clients and trusted robots")
-    lst.add_argument("--dir", help="key directory (default: link.keys_dir)")
-    _config_args(lst)
-    lst.set_defaults(func=cmd_keys_list)
-    tr = sub.add_parser("trust", help="remember a robot's public key (client side)")
-    tr.add_argument("host", help="the robot's host name or address, as given to malpi teleop")
-    tr.add_argument("key", help="the robot's server.key file, or its 40-character public key")
-    tr.add_argument("--dir", help="key directory (default: ~/.config/malpi/keys)")
-    tr.set_defaults(func=cmd_keys_trust)
-
-    b = bench.add_parser(
-        "link", help="command round trip (plain, CURVE), telemetry throughput, reload stall"
-    )
-    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
-    b.add_argument("--requests", type=int, default=2000, help="round trips per case")
-    b.add_argument("--reloads", type=int, default=5, help="bundles loaded while driving")
-    b.add_argument("--policy", metavar="FILE", help="drive and reload this bundle")
-    b.add_argument(
-        "--no-seed", action="store_true", help="skip the 5.9 M-parameter seed-size bundle"
-    )
-    b.set_defaults(func=cmd_bench_link)
-
 
 def _connection_args(p: argparse.ArgumentParser, telemetry: bool = False) -> None:
     p.add_argument("host", help="the robot: HOST, HOST:PORT (command port) or tcp://HOST:PORT")
@@ -120,14 +75,8 @@ def _connection_args(p: argparse.ArgumentParser, telemetry: bool = False) -> Non
     )
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    from malpi.daemon.cli import _config_args as daemon_config_args
-
-    daemon_config_args(p)
-
-
 def _client(args):
-    from malpi.link.client import RobotClient
+    from malpi.operator.client import RobotClient
 
     return RobotClient(
         args.host,
@@ -141,7 +90,7 @@ def _client(args):
 
 
 def _telemetry(args) -> str:
-    from malpi.link.address import endpoints_for
+    from malpi.protocol.address import endpoints_for
 
     return endpoints_for(args.host, telemetry_port=args.telemetry_port)[1]
 
@@ -150,7 +99,7 @@ def cmd_teleop(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    from malpi.link.teleop import Teleop
+    from malpi.operator.teleop import Teleop
 
     w, _, h = args.size.partition("x")
     with _client(args) as client:
@@ -193,7 +142,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     import msgspec
 
-    from malpi.link.client import RobotError
+    from malpi.operator.client import RobotError
 
     if not args.rollback and not args.bundle:
         raise ValueError("malpi push: give a BUNDLE file, or --rollback")
@@ -235,8 +184,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     import msgspec
 
-    from malpi.link.client import RobotError
-    from malpi.link.pull import PullError, list_all, pull_episodes
+    from malpi.operator.client import RobotError
+    from malpi.operator.pull import PullError, list_all, pull_episodes
     from malpi.sim.cli import parse_seeds
 
     if not args.list and not args.out:
@@ -283,96 +232,4 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"already there: {len(result.already_here)} episodes")
     if result.running:
         print(f"still being recorded, not copied: episodes {result.running}")
-    return 0
-
-
-def _link_config(args):
-    from malpi.daemon.cli import load_from_args
-
-    return load_from_args(args).link
-
-
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    from malpi.link.keys import CLIENT, DEFAULT_KEYS_DIR, SERVER, init_keys
-
-    name = args.name or (SERVER if args.server else CLIENT)
-    directory = args.dir or (_link_config(args).keys_dir if args.server else DEFAULT_KEYS_DIR)
-    info = init_keys(directory, name, force=args.force)
-    print(f"created {info.path} (public) and {info.path}_secret (keep it private)")
-    print(f"public key: {info.public}")
-    if args.server:
-        print("next: set link.curve = true; copy this server.key to each operator's machine")
-        print("      (malpi keys trust ROBOT server.key) and authorise their client.key here")
-        print("      (malpi keys authorize client.key --name laptop)")
-    else:
-        print("next: authorise it on the robot:  malpi keys authorize client.key --name NAME")
-        print("      and trust the robot here:   malpi keys trust ROBOT server.key")
-    return 0
-
-
-def _authorized(args) -> str:
-    from malpi.link.keys import authorized_dir
-
-    if args.dir:
-        return args.dir
-    link = _link_config(args)
-    return str(authorized_dir(link.keys_dir, link.authorized_keys))
-
-
-def cmd_keys_authorize(args: argparse.Namespace) -> int:
-    from malpi.link.keys import authorize
-
-    info = authorize(args.key, _authorized(args), args.name)
-    print(f"authorised {info.name}: {info.public} ({info.path})")
-    print("it can connect from its next connection on; no restart needed")
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from malpi.link.keys import revoke
-
-    path = revoke(args.name, _authorized(args))
-    print(f"revoked {args.name} ({path} removed); it is refused from its next connection")
-    return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    from malpi.link.keys import authorized_dir, keys_dir, list_keys
-
-    link = _link_config(args)
-    d = keys_dir(args.dir or link.keys_dir)
-    auth = authorized_dir(d, None if args.dir else link.authorized_keys)
-    sections = [
-        ("key pairs", d),
-        ("authorised clients", auth),
-        ("trusted robots", d / "servers"),
-    ]
-    for title, directory in sections:
-        keys = list_keys(directory)
-        print(f"{title} ({directory}): {len(keys) or 'none'}")
-        for k in keys:
-            secret = "  + secret" if k.has_secret else ""
-            print(f"  {k.name:<20} {k.public}{secret}")
-    return 0
-
-
-def cmd_keys_trust(args: argparse.Namespace) -> int:
-    from malpi.link.keys import DEFAULT_KEYS_DIR, trust
-
-    info = trust(args.host, args.key, args.dir or DEFAULT_KEYS_DIR)
-    print(f"trusting {args.host}: {info.public} ({info.path}); clients now connect with CURVE")
-    return 0
-
-
-def cmd_bench_link(args: argparse.Namespace) -> int:
-    from malpi.link import bench
-
-    bench.run(
-        rate_hz=args.rate,
-        requests=args.requests,
-        reloads=args.reloads,
-        json_path=args.json,
-        seed_size=not args.no_seed,
-        policy=args.policy,
-    )
     return 0

@@ -26,8 +26,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from malpi.link import schema
-from malpi.link.client import LinkTimeout, RobotClient, RobotError
+from malpi.operator.client import LinkTimeout, RobotClient, RobotError
+from malpi.protocol import schema
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ link (or a test) calls the thread-safe methods below, which queue a command
 that the loop applies at the start of its next period. Only ``drive()``
 writes a slot directly, so the deadman sees the operator's latest command.
 
-Safety (see :mod:`malpi.daemon.safety`): the motors are stopped, and an event
+Safety (see :mod:`malpi.daemon.control.safety`): the motors are stopped, and an event
 says why, on a stale frame, a policy error or non-finite output, a lost
 operator in manual mode, SIGTERM/SIGINT, an exception in any thread, and a
 loop that keeps overrunning its period. Boot mode is ``paused``.
@@ -28,9 +28,9 @@ from typing import Any
 
 from malpi.actions import NO_ACTION, ActionTable
 from malpi.camera.base import Camera
-from malpi.daemon.notify import Notifier
-from malpi.daemon.safety import Faults
-from malpi.daemon.telemetry import Telemetry
+from malpi.daemon.control.notify import Notifier
+from malpi.daemon.control.safety import Faults
+from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.runtime import StepPolicy
 from malpi.recorder.recorder import EpisodeMeta, Recorder, Step

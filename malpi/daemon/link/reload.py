@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from malpi.config import Config
-from malpi.daemon.loop import ControlLoop, DaemonStopped
-from malpi.link.schema import PolicyReply, ProtocolError, RollbackReply
-from malpi.link.store import Entry, PolicyStore
+from malpi.daemon.control.loop import ControlLoop, DaemonStopped
 from malpi.policy.bundle import BundleError, PolicyBundle
 from malpi.policy.runtime import StepPolicy
+from malpi.policy.store import Entry, PolicyStore, shipped_policy
+from malpi.protocol.schema import PolicyReply, ProtocolError, RollbackReply
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +241,7 @@ class PolicyManager:
     def _bytes_of(self, running: StepPolicy) -> bytes:
         """The running bundle's file: its original bytes if it came from policy.path (re-zipping
         a 50 MB bundle takes seconds of CPU the control loop would compete with), else rebuilt."""
-        from importlib import resources
-
-        from malpi.daemon.build import DEFAULT_POLICY
-
-        candidates = [resources.files("malpi") / "data" / DEFAULT_POLICY]
+        candidates = [shipped_policy()]
         if self.config.policy.path:
             candidates.insert(0, Path(self.config.policy.path).expanduser())
         for path in candidates:

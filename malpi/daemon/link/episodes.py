@@ -14,8 +14,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from malpi.link import schema
-from malpi.link.schema import ProtocolError
+from malpi.protocol import schema
+from malpi.protocol.schema import ProtocolError
 from malpi.recorder.codec import unpack_probs
 from malpi.recorder.schema import StoreError
 from malpi.recorder.store import EpisodeStore

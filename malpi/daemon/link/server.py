@@ -1,7 +1,7 @@
 """The daemon's side of the link: the command ROUTER socket, with the telemetry publisher.
 
 :class:`LinkServer` runs both sockets for a control loop (the PUB side is
-:mod:`malpi.link.publisher`). One thread owns the ROUTER socket, so several
+:mod:`malpi.daemon.link.publisher`). One thread owns the ROUTER socket, so several
 clients can talk at once. It decodes and validates each request, answers
 ``ping``, ``status`` and ``drive`` at once, and hands the rest to the control
 loop (or, for policy loads and episode reads, to worker threads) without
@@ -32,16 +32,16 @@ import msgspec
 import zmq
 
 from malpi.config import Config
-from malpi.daemon.loop import DaemonStopped
-from malpi.link import schema
-from malpi.link.keys import ServerSecurity
-from malpi.link.publisher import (  # noqa: F401 - TelemetryPublisher: `malpi bench loop` uses it
+from malpi.daemon.control.loop import DaemonStopped
+from malpi.daemon.link.publisher import (  # noqa: F401 - TelemetryPublisher: `malpi bench loop` uses it
     LinkError,
     TelemetryPublisher,
     bind,
     check_bind,
 )
-from malpi.link.schema import ProtocolError
+from malpi.protocol import schema
+from malpi.protocol.keys import ServerSecurity
+from malpi.protocol.schema import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class LinkServer:
     """The command socket and the telemetry publisher for one running control loop."""
 
     def __init__(self, config: Config, loop, camera=None, telemetry=None, policy_source: str = ""):
-        from malpi.link.episodes import EpisodeServer
-        from malpi.link.reload import PolicyManager
+        from malpi.daemon.link.episodes import EpisodeServer
+        from malpi.daemon.link.reload import PolicyManager
 
         link = config.link
         check_bind(link)  # before any key is read or socket bound

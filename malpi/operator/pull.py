@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malpi.link import schema
+from malpi.protocol import schema
 from malpi.recorder.codec import pack_probs
 from malpi.recorder.schema import END_OUTCOMES
 from malpi.recorder.store import EpisodeStore

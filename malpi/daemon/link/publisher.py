@@ -22,9 +22,9 @@ from typing import Any
 import zmq
 
 from malpi.config import LinkConfig
-from malpi.link import schema
-from malpi.link.address import is_local
-from malpi.link.keys import ServerSecurity
+from malpi.protocol import schema
+from malpi.protocol.address import is_local
+from malpi.protocol.keys import ServerSecurity
 
 log = logging.getLogger(__name__)
 

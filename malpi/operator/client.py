@@ -30,9 +30,9 @@ from typing import Any
 
 import zmq
 
-from malpi.link import schema
-from malpi.link.address import endpoints_for
-from malpi.link.keys import CLIENT, apply_client_curve, keys_dir, load_public, server_key_for
+from malpi.protocol import schema
+from malpi.protocol.address import endpoints_for
+from malpi.protocol.keys import CLIENT, apply_client_curve, keys_dir, load_public, server_key_for
 
 log = logging.getLogger(__name__)
 

@@ -10,24 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from malpi.actions import ActionTable
 from malpi.camera.base import Camera
 from malpi.config import Config
-from malpi.daemon.loop import ControlLoop, LoopSettings
-from malpi.daemon.notify import Notifier
-from malpi.daemon.telemetry import Telemetry
+from malpi.daemon.control.loop import ControlLoop, LoopSettings
+from malpi.daemon.control.notify import Notifier
+from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import StepPolicy
+from malpi.policy.store import PolicyStore, shipped_policy
 from malpi.recorder.recorder import Recorder
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POLICY = "default.malpi"  # shipped in malpi/data/ when trained (see the trainer)
 
 
 @dataclass
@@ -73,8 +71,6 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
     if config.policy.path:
         path = Path(config.policy.path).expanduser()
         return PolicyBundle.load(path, **expect), str(path)
-    from malpi.link.store import PolicyStore
-
     store = PolicyStore(config.policy.store)
     current = store.current()
     if current is not None:
@@ -83,7 +79,7 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
             return bundle, f"policy store ({current.file})"
         except ValueError as exc:
             log.warning("the policy store's current policy is unusable, skipping it: %s", exc)
-    shipped = resources.files("malpi") / "data" / DEFAULT_POLICY
+    shipped = shipped_policy()
     if shipped.is_file():
         try:
             return PolicyBundle.from_bytes(
@@ -254,7 +250,7 @@ def build_robot(
             recorder = Recorder(path)
             closers.append(recorder.close)
             if config.reward.enabled:
-                from malpi.rl.reward import RewardingRecorder, RewardSource, SimMeter
+                from malpi.daemon.control.reward import RewardingRecorder, RewardSource, SimMeter
 
                 # Progress is measurable where the simulator moves the car.
                 meter = SimMeter(sim_world) if config.drivetrain.backend == "sim" else None

@@ -23,7 +23,7 @@ def run(
     config_path: str | None = None,
 ) -> dict[str, Any]:
     from malpi.config import load_config
-    from malpi.daemon.build import build_robot
+    from malpi.daemon.control.build import build_robot
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(
@@ -66,7 +66,7 @@ def run(
 def _telemetry_publisher(robot, config):
     """The link's real ZeroMQ publisher when the link is installed, so its cost is measured."""
     try:
-        from malpi.link.server import TelemetryPublisher
+        from malpi.daemon.link.server import TelemetryPublisher
     except ImportError:
         return None
     import dataclasses
