@@ -138,6 +138,7 @@ class PolicyConfig:
 class RecordingConfig:
     enabled: bool = True  # record episodes from boot (the operator can toggle it)
     path: str = "~/.local/share/malpi/episodes.sqlite"
+    min_free_mb: float = 256.0  # recording pauses below this much free disk, resumes 32 MB above
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,9 @@ class LinkConfig:
     authorized_keys: str = ""  # directory of client public keys; "" = <keys_dir>/authorized
     allow_insecure_remote: bool = False  # non-loopback bind without CURVE (closed bench)
     max_message_bytes: int = 80 * 1024 * 1024  # ZMQ_MAXMSGSIZE: a larger frame drops the peer
+    handshake_timeout_ms: int = (
+        3000  # a connection not through the ZeroMQ handshake by then is dropped
+    )
     telemetry_hwm: int = 100  # messages queued per subscriber before newer ones are dropped
     frame_rate_hz: float = 10.0  # JPEG frames on the frame topic; 0 = none
     frame_jpeg_quality: int = 80
@@ -208,6 +212,13 @@ def load_config(
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    config = _build(Config, data, "")
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A configuration from its ``to_dict()`` form, validated (how the daemon's children get it)."""
     config = _build(Config, data, "")
     validate(config)
     return config
@@ -377,6 +388,7 @@ def validate(c: Config) -> None:
         "must differ from link.command",
     )
     _require(bool(c.policy.store), "policy.store", "must name a directory")
+    _require(c.recording.min_free_mb >= 0, "recording.min_free_mb", "must be >= 0")
     _validate_link(c.link)
     try:
         c.action_table  # noqa: B018 - validates
@@ -391,6 +403,11 @@ def _validate_link(link: LinkConfig) -> None:
         f"must be in [1024, 2147483647], got {link.max_message_bytes}",
     )
     _require(link.telemetry_hwm >= 1, "link.telemetry_hwm", "must be at least 1")
+    _require(
+        100 <= link.handshake_timeout_ms <= 60000,
+        "link.handshake_timeout_ms",
+        f"must be in [100, 60000], got {link.handshake_timeout_ms}",
+    )
     _require(
         0 <= link.frame_rate_hz <= 60,
         "link.frame_rate_hz",

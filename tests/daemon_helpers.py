@@ -41,6 +41,7 @@ def robot_config(tmp: Path, policy: Path, **overrides):
         "policy.backend": "litert_float",
         "recording.path": str(tmp / "episodes.sqlite"),
         "sim.physics_hz": 100.0,
+        "link.enabled": False,  # the link tests turn it on (link_helpers)
     }
     base.update(overrides)
     return load_config(None, base)

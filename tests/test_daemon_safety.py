@@ -99,11 +99,9 @@ def test_deadman_stops_manual_driving(config):
         robot.loop.set_mode("manual").result(2)
         time.sleep(3 * PERIOD)
         assert not moving(factory)  # manual mode with no operator: stopped
-        seq = 0
         deadline = time.monotonic() + 0.3
         while time.monotonic() < deadline:  # the operator holds "straight" at 20 Hz
-            seq += 1
-            assert robot.loop.drive(2, seq)["accepted"]
+            robot.loop.drive(2)
             last = time.monotonic()
             time.sleep(0.05)
         assert duty(factory)[17] == pytest.approx(0.7) and duty(factory)[22] == pytest.approx(0.7)
@@ -115,7 +113,7 @@ def test_deadman_stops_manual_driving(config):
             <= config.safety.deadman_ms / 1000 + STOP_WITHIN
         )
         assert "no drive command" in events.safety_stop("deadman")["message"]
-        robot.loop.drive(2, seq + 1)  # the operator is back: the condition clears
+        robot.loop.drive(2)  # the operator is back: the condition clears
         wait_until(lambda: moving(factory), 1.0)
 
 
@@ -198,13 +196,13 @@ def test_sources_are_recorded_policy_human_intervention(config):
     with running_robot(config) as (robot, factory, events, _):
         drive_auto(robot, factory)
         time.sleep(10 * PERIOD)
-        for seq in range(1, 6):  # an intervention: the operator steers hard left while in auto
-            robot.loop.drive(0, seq)
+        for _ in range(1, 6):  # an intervention: the operator steers hard left while in auto
+            robot.loop.drive(0)
             time.sleep(PERIOD)
         time.sleep(config.safety.deadman_ms / 1000 + 4 * PERIOD)
         robot.loop.set_mode("manual").result(2)
-        for seq in range(6, 12):
-            robot.loop.drive(4, seq)
+        for _ in range(6, 12):
+            robot.loop.drive(4)
             time.sleep(PERIOD)
         episode = robot.loop.episode
     store = EpisodeStore(config.recording.path)

@@ -100,9 +100,17 @@ def test_pull_by_id_waits_for_the_recorders_ending(tmp_path):
 
 
 def test_chunks_are_bounded_by_bytes(drove, monkeypatch):
-    _, c, ended = drove
+    """The link process's episode server, run here so that its byte limit can be lowered."""
+    from malpi.daemon.link.episodes import EpisodeServer
+
+    d, _, ended = drove
     monkeypatch.setattr(schema, "CHUNK_FRAME_BYTES", 1)  # every frame is over it
-    chunk = c.get_episode(ended[0], max_steps=50)
+    server = EpisodeServer(d.robot.recorder.path)
+    try:
+        req = schema.GetEpisode(v=schema.PROTOCOL_VERSION, episode=ended[0], max_steps=50)
+        chunk = server.submit(req).result(10)
+    finally:
+        server.close()
     assert len(chunk.steps) == 1 and chunk.next_step == chunk.steps[0].step + 1
     step = chunk.steps[0]
     assert step.frame[:2] == b"\xff\xd8" and step.source == "policy"

@@ -79,8 +79,13 @@ def test_replies_round_trip():
             "invalid",
             "final_reward must be finite",
         ),
-        (b"\xa2\x80\x80", "malformed", "not a msgpack message"),  # invalid UTF-8
-        (b"\x91" * 5000 + b"\x00", "malformed", "recursion"),
+        (b"\xa2\x80\x80", "malformed", "msgpack"),  # a string (of invalid UTF-8)
+        (b"\x91" * 5000 + b"\x00", "malformed", "a request is a msgpack map"),
+        (  # a map whose first field nests deeper than the robot decodes
+            b"\x82\xa3pad" + b"\x91" * 5000 + b"\x00\xa4type\xa4ping",
+            "malformed",
+            "nested too deeply",
+        ),
         (
             msgspec.msgpack.encode({"type": "ping", "v": 1, "pad": "x" * 70000}),
             "too_large",

@@ -154,7 +154,7 @@ def test_a_non_loopback_bind_without_curve_is_refused_before_binding(tmp_path, h
     real_bind = zmq.Socket.bind
     monkeypatch.setattr(zmq.Socket, "bind", lambda self, a: binds.append(a) or real_bind(self, a))
     with pytest.raises(LinkError, match="refusing to bind .* without CURVE"):
-        LinkServer(config, loop=None)
+        LinkServer(config, control=None, runtime_dir=tmp_path, context=None)
     with pytest.raises(LinkError, match="refusing to bind"):
         TelemetryPublisher(dataclasses.replace(base.link, telemetry=address))
     assert binds == []  # refused before any socket was bound

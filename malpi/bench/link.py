@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -39,8 +40,6 @@ def run(
     """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy);
     ``pull_drive_s``: seconds driven (and recorded) before the pull."""
     from malpi.config import load_config
-    from malpi.daemon.control.build import build_robot
-    from malpi.daemon.link.server import LinkServer
 
     result: dict[str, Any] = {"rate_hz": rate_hz}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,30 +59,16 @@ def run(
         # The daemon boots from the first bundle's file, as a robot boots from its store.
         config = load_config(None, {**base, **_policy_overrides(files[0][1])})
         bundles = [(name, path.read_bytes()) for name, path in files]
+        with _curve_daemon(config, tmp_path) as (curve_robot, keys):
+            result.update(_round_trips(curve_robot, requests, "rtt_curve", keys))
         history: list[dict[str, float]] = []
-        robot = build_robot(config, stage_history=history)
-        link = LinkServer.for_robot(robot)
-        thread = threading.Thread(
-            target=robot.loop.run, kwargs={"install_signal_handlers": False}, daemon=True
-        )
-        thread.start()
-        try:
-            result.update(_round_trips(link, requests, "rtt"))
-            curve_link, keys = _curve_server(robot, tmp_path)
-            try:
-                result.update(_round_trips(curve_link, requests, "rtt_curve", keys))
-            finally:
-                curve_link.close()
+        with _daemon(config, history) as robot:
+            result.update(_round_trips(robot, requests, "rtt"))
             result.update(_throughput(robot))
-            result.update(_reloads(robot, link, history, bundles, reloads, rate_hz))
+            result.update(_reloads(robot, robot, history, bundles, reloads, rate_hz))
             pulled = tmp_path / "pulled.sqlite"
-            result.update(_pull(robot, link, history, pulled, rate_hz, pull_drive_s))
-        finally:
-            robot.loop.request_stop("bench over")
-            thread.join(10)
-            link.close()
-            robot.close()
-    result["policy"] = robot.loop.policy.version if robot.loop.policy else None
+            result.update(_pull(robot, robot, history, pulled, rate_hz, pull_drive_s))
+            result["policy"] = robot.loop.policy.version if robot.loop.policy else None
     print(format_table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
@@ -190,21 +175,42 @@ def _round_trips(link, n: int, prefix: str, keys: dict | None = None) -> dict[st
         client.close()
 
 
-def _curve_server(robot, tmp: Path):
-    """A second link on the same daemon, with CURVE and one authorised client."""
+@contextlib.contextmanager
+def _daemon(config, history: list | None = None):
+    """The daemon (its three processes), its loop on a thread of this one."""
+    from malpi.daemon.control.build import build_robot
+
+    robot = build_robot(config, stage_history=history)
+    thread = threading.Thread(
+        target=robot.loop.run, kwargs={"install_signal_handlers": False}, daemon=True
+    )
+    thread.start()
+    try:
+        yield robot
+    finally:
+        robot.loop.request_stop("bench over")
+        thread.join(10)
+        robot.close()
+
+
+@contextlib.contextmanager
+def _curve_daemon(config, tmp: Path):
+    """The same daemon with CURVE on, one client authorised, nothing recorded."""
     import dataclasses
 
-    from malpi.daemon.link.server import LinkServer
     from malpi.protocol.keys import authorize, init_keys
 
     keys = tmp / "keys"
     server = init_keys(keys, "server")
     client = init_keys(tmp / "client-keys", "client")
     authorize(str(client.path), keys / "authorized")
-    link_cfg = dataclasses.replace(robot.config.link, curve=True, keys_dir=str(keys))
-    config = dataclasses.replace(robot.config, link=link_cfg)
-    link = LinkServer(config, robot.loop, telemetry=robot.telemetry)
-    return link, {"server_key": server.path, "client_key": tmp / "client-keys/client.key_secret"}
+    link_cfg = dataclasses.replace(config.link, curve=True, keys_dir=str(keys))
+    recording = dataclasses.replace(config.recording, path="")
+    with _daemon(dataclasses.replace(config, link=link_cfg, recording=recording)) as robot:
+        yield (
+            robot,
+            {"server_key": server.path, "client_key": tmp / "client-keys/client.key_secret"},
+        )
 
 
 def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
@@ -247,7 +253,7 @@ def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, send in (
-        ("step", lambda p: p.sink("step", step)),
+        ("step", lambda p: p.publish("step", step)),
         ("frame", lambda p: p._send(b"frame", frame_body)),
     ):
         pub = TelemetryPublisher(link)

@@ -62,19 +62,16 @@ def cmd_drive(args: argparse.Namespace) -> int:
     if args.no_link:
         config = _replace(config, "link", enabled=False)
     notifier = Notifier()
-    robot = build_robot(config, notifier=notifier)
+    # Binds now (in the link process): a refused or busy address stops here, motors stopped.
+    robot = build_robot(config, notifier=notifier, debug=args.verbose)
     loop = robot.loop
-    link = None
     try:
-        if config.link.enabled:  # binds now: a refused or busy address stops here, motors stopped
-            try:
-                from malpi.daemon.link.server import start_link
-            except ImportError as exc:
-                raise SystemExit(
-                    f"malpi drive: the link needs pyzmq and msgspec ({exc}): "
-                    "pip install 'malpi[robot]', or run with --no-link"
-                ) from exc
-            link = start_link(robot)
+        if robot.command_endpoint:
+            log.info(
+                "link: commands on %s, telemetry on %s",
+                robot.command_endpoint,
+                robot.telemetry_endpoint,
+            )
         if not args.quiet and sys.stderr.isatty() or os.environ.get("MALPI_STATUS_LINE"):
             robot.telemetry.add_sink(StatusLine(robot).sink)
         mode = args.mode or ("auto" if args.sim else "paused")
@@ -88,8 +85,6 @@ def cmd_drive(args: argparse.Namespace) -> int:
             timer.start()
         return loop.run()
     finally:
-        if link is not None:
-            link.close()
         robot.close()
         notifier.close()
         print(file=sys.stderr)

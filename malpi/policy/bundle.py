@@ -11,13 +11,20 @@ A bundle is a zip archive holding
 
 Loading validates all of it (structure, manifest schema, checksums, shapes
 against the spec, finite weights, and a test step of each LiteRT model) before
-returning, and raises :class:`BundleError` naming the first problem. Nothing
-here imports TensorFlow.
+returning, and raises :class:`BundleError` naming the first problem. Untrusted
+bytes are judged before they cost anything: the archive's member sizes (as the
+zip directory states them, which also caps what inflating may produce) are
+checked against the limits below before a byte is inflated. Nothing here
+imports TensorFlow.
+
+A bundle's identity is its content: ``sha256`` of the file. The label
+(``v3-1a2b3c4d``) is for people.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import io
 import json
@@ -45,6 +52,9 @@ FLOAT_MODEL = "float.tflite"
 INT8_MODEL = "int8.tflite"
 PAYLOADS = (WEIGHTS, FLOAT_MODEL, INT8_MODEL)
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 256 * 1024  # spec, action table, provenance: a few KB in practice
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # each of weights.npz and the two models, inflated
+MAX_INFLATED_BYTES = 128 * 1024 * 1024  # all members together, inflated
 
 _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -73,6 +83,14 @@ class PolicyBundle:
     tflite_float: bytes
     tflite_int8: bytes
     _payload_bytes: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _file: bytes | None = field(
+        default=None, repr=False
+    )  # the bytes it was read from or written as
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The bundle's identity: the SHA-256 of its file."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @property
     def id(self) -> str:
@@ -121,12 +139,15 @@ class PolicyBundle:
         return cls(manifest, spec, actions, weights, tflite_float, tflite_int8, payloads)
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
-            for name in PAYLOADS:
-                zf.writestr(name, self._payload_bytes[name])
-        return buf.getvalue()
+        """The bundle file (the same bytes every time: a bundle has one identity)."""
+        if self._file is None:
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+                for name in PAYLOADS:
+                    zf.writestr(name, self._payload_bytes[name])
+            self._file = buf.getvalue()
+        return self._file
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temp file in the same directory, fsync, rename, fsync the directory."""
@@ -189,7 +210,9 @@ class PolicyBundle:
                     f"image size mismatch: the policy takes {got[0]}x{got[1]}, "
                     f"the camera is configured for {expected_image[0]}x{expected_image[1]}"
                 )
-        bundle = cls(manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files)
+        bundle = cls(
+            manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files, data
+        )
         if check_models:
             from malpi.policy.runtime import check_model
 
@@ -225,14 +248,20 @@ def write_atomic(path: Path, data: bytes) -> Path:
 def _read_zip(data: bytes) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = set(zf.namelist())
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
             expected = {MANIFEST, *PAYLOADS}
-            if names != expected:
-                missing, extra = sorted(expected - names), sorted(names - expected)
+            if set(names) != expected or len(names) != len(expected):
+                missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
+                dupes = sorted({n for n in names if names.count(n) > 1})
                 raise BundleError(
                     f"bundle contents are wrong: missing {missing}, unexpected {extra}"
+                    + (f", duplicated {dupes}" if dupes else "")
                 )
-            return {name: zf.read(name) for name in expected}
+            _check_sizes(infos)
+            # Inflating a member yields at most its stated size (zipfile stops there and
+            # checks the CRC), so the checks above bound the memory this takes.
+            return {i.filename: zf.read(i) for i in infos}
     except zipfile.BadZipFile as exc:
         raise BundleError(
             f"not a readable policy bundle (truncated or corrupt archive): {exc}"
@@ -252,10 +281,25 @@ def _read_zip(data: bytes) -> dict[str, bytes]:
         ) from exc
 
 
+def _check_sizes(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse a member over its limit before inflating anything (a zip bomb costs nothing)."""
+    for info in infos:
+        limit = MAX_MANIFEST_BYTES if info.filename == MANIFEST else MAX_PAYLOAD_BYTES
+        if info.file_size > limit:
+            raise BundleError(
+                f"{info.filename} inflates to {info.file_size} bytes, over its {limit}-byte limit"
+            )
+    total = sum(i.file_size for i in infos)
+    if total > MAX_INFLATED_BYTES:
+        raise BundleError(
+            f"the bundle inflates to {total} bytes, over the {MAX_INFLATED_BYTES}-byte limit"
+        )
+
+
 def _parse_manifest(raw: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise BundleError("manifest.json must hold a JSON object")

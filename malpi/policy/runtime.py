@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -45,10 +46,13 @@ class StepBackend(Protocol):
 class LiteRTStep:
     """A LiteRT interpreter for the step model, its tensors resolved once by signature name."""
 
-    def __init__(self, model: bytes, spec: PolicySpec, num_threads: int = 1):
+    def __init__(
+        self, model: bytes | None, spec: PolicySpec, num_threads: int = 1, path: str | None = None
+    ):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interp = Interpreter(model_content=model, num_threads=num_threads)
+        # From a file the model is memory-mapped: nothing is copied while holding the GIL.
+        self._interp = Interpreter(model_content=model, model_path=path, num_threads=num_threads)
         self._interp.allocate_tensors()
         runner = self._interp.get_signature_runner()
         inputs, outputs = runner.get_input_details(), runner.get_output_details()
@@ -132,12 +136,10 @@ class TFStep:
 
 
 def make_backend(bundle: PolicyBundle, backend: str, num_threads: int = 1) -> StepBackend:
-    if backend == "litert_float":
-        return LiteRTStep(bundle.tflite_float, bundle.spec, num_threads)
-    if backend == "litert_int8":
-        return LiteRTStep(bundle.tflite_int8, bundle.spec, num_threads)
     if backend == "tf":
         return TFStep(bundle)
+    if backend in BACKENDS:
+        return LiteRTStep(make_backend_model(bundle, backend), bundle.spec, num_threads)
     raise ValueError(f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -156,20 +158,54 @@ class StepPolicy:
         seed: int | None = None,
         num_threads: int = 1,
     ):
-        self.bundle = bundle
-        self.spec = bundle.spec
+        self.bundle: PolicyBundle | None = bundle
+        self._setup(bundle.spec, make_backend(bundle, backend, num_threads), backend, sample, seed)
+        self.version = bundle.label
+        self.sha256 = bundle.sha256
+
+    @classmethod
+    def from_model_file(
+        cls,
+        path: str | Path,
+        spec: PolicySpec,
+        version: str,
+        sha256: str,
+        backend: str = "litert_int8",
+        sample: bool = False,
+        seed: int | None = None,
+        num_threads: int = 1,
+    ) -> StepPolicy:
+        """A policy from a step model already validated and written out (:func:`write_runtime_model`).
+
+        This is how the robot's control process builds one: the model file is mapped, not
+        read into Python, so building it costs the control loop little. For ``tf`` the file
+        is the bundle itself.
+        """
+        self = cls.__new__(cls)
+        if backend == "tf":
+            self.bundle = PolicyBundle.load(path, check_models=False)
+            impl: StepBackend = TFStep(self.bundle)
+        elif backend in BACKENDS:
+            self.bundle = None
+            impl = LiteRTStep(None, spec, num_threads, path=str(path))
+        else:
+            raise ValueError(
+                f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        self._setup(spec, impl, backend, sample, seed)
+        self.version, self.sha256 = version, sha256
+        return self
+
+    def _setup(
+        self, spec: PolicySpec, impl: StepBackend, backend: str, sample: bool, seed: int | None
+    ) -> None:
+        self.spec = spec
         self.backend_name = backend
         self.sample = sample
-        self._backend = make_backend(bundle, backend, num_threads)
+        self._backend = impl
         self._rng = np.random.default_rng(seed)
-        self._onehot = one_hot(np.arange(-1, self.spec.num_actions), self.spec.num_actions)[
-            :, None, :
-        ]
+        self._onehot = one_hot(np.arange(-1, spec.num_actions), spec.num_actions)[:, None, :]
         self.reset()
-
-    @property
-    def version(self) -> str:
-        return self.bundle.label
 
     def reset(self) -> None:
         """Start a new episode: zero LSTM state."""
@@ -204,6 +240,32 @@ class StepPolicy:
         else:
             action = int(np.argmax(probs))
         return StepResult(action, probs, value)
+
+
+def write_runtime_model(bundle: PolicyBundle, backend: str, directory: Path) -> Path:
+    """Write what ``backend`` runs (a LiteRT model, or for ``tf`` the whole bundle) into
+    ``directory``, named by its content, for :meth:`StepPolicy.from_model_file`."""
+    import hashlib
+
+    from malpi.policy.bundle import write_atomic
+
+    if backend == "tf":
+        data, suffix = bundle.to_bytes(), ".malpi"
+    else:
+        data, suffix = make_backend_model(bundle, backend), ".tflite"
+    path = Path(directory) / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    if not path.exists():
+        write_atomic(path, data)
+    return path
+
+
+def make_backend_model(bundle: PolicyBundle, backend: str) -> bytes:
+    """The LiteRT model a backend runs."""
+    if backend == "litert_float":
+        return bundle.tflite_float
+    if backend == "litert_int8":
+        return bundle.tflite_int8
+    raise ValueError(f"{backend!r} is not a LiteRT backend")
 
 
 def check_model(model: bytes, spec: PolicySpec) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,64 +200,6 @@ def _write_public(target: Path, public: str, comment: str) -> None:
     tmp.write_text(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
-
-
-class AuthorizedKeys:
-    """The ZAP credentials provider: a client is let in if its public key is in the directory.
-
-    The directory is read at every handshake (they are rare), so ``malpi keys
-    authorize`` and ``revoke`` take effect for the next connection without a restart.
-    """
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory).expanduser()
-        self._denied: set[bytes] = set()
-        self._lock = threading.Lock()
-
-    def keys(self) -> set[bytes]:
-        return {k.public.encode("ascii") for k in list_keys(self.directory)}
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key in self.keys()
-        with self._lock:
-            if not allowed and key not in self._denied:
-                self._denied.add(key)  # log each refused key once, not at every retry
-                log.warning("link: refused a client with unknown key %s", key.decode("ascii"))
-        return allowed
-
-
-class ServerSecurity:
-    """CURVE for the daemon's sockets: its key pair and a ZAP authenticator on the context."""
-
-    def __init__(self, keys: str | os.PathLike, authorized: str | os.PathLike | None = ""):
-        self.keys_dir = keys_dir(keys)
-        self.public, self.secret = load_secret(self.keys_dir / f"{SERVER}.key_secret")
-        self.authorized = AuthorizedKeys(authorized_dir(keys, authorized))
-        if not self.authorized.directory.is_dir():
-            log.warning(
-                "link: %s does not exist: no client can connect (malpi keys authorize)",
-                self.authorized.directory,
-            )
-        self._auth = None
-
-    def start(self, context) -> None:
-        """Start the authenticator; it must run before any CURVE socket binds."""
-        from zmq.auth.thread import ThreadAuthenticator
-
-        self._auth = ThreadAuthenticator(context, log=logging.getLogger("malpi.link.zap"))
-        self._auth.start()
-        self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.authorized)
-
-    def apply(self, sock) -> None:
-        sock.curve_secretkey = self.secret
-        sock.curve_publickey = self.public
-        sock.curve_server = True
-        sock.zap_domain = ZAP_DOMAIN.encode()
-
-    def stop(self) -> None:
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
 
 
 def apply_client_curve(sock, server_public: bytes, client_secret_file: str | os.PathLike) -> None:

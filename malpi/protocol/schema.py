@@ -54,15 +54,18 @@ MAX_LIST_EPISODES = 1000  # episodes per list_episodes reply
 MAX_CHUNK_STEPS = 1024  # steps per get_episode reply
 CHUNK_FRAME_BYTES = 4 * 1024 * 1024  # a get_episode reply stops adding steps past this many
 EPISODE_TIMEOUT = 30.0  # s: an episode request not answered by then gets a "timeout" error
+TOO_DEEP = "nested too deeply (the robot decodes about 1,000 levels; a valid request nests 2)"
 
 
 class ProtocolError(Exception):
-    """A request that cannot be carried out; ``code`` is one of ERROR_CODES."""
+    """A request that cannot be carried out; ``code`` is one of ERROR_CODES, ``request_id`` the
+    id to echo (0 when the request had none that could be read)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, request_id: int = 0):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id
 
 
 # -- commands (client -> robot) ---------------------------------------------------------
@@ -182,7 +185,7 @@ class StatusReply(Reply, tag="status"):
     episode: int
     step: int
     recording: bool
-    policy_version: str | None
+    policy_version: str | None  # the running policy's label, e.g. "v3-1a2b3c4d"
     policy_source: str | None  # where the running policy came from
     rate_hz: float
     periods: int
@@ -193,6 +196,9 @@ class StatusReply(Reply, tag="status"):
     cpu_temp_c: float | None = None
     curve: bool = False  # the link is encrypted and authenticated
     server_time: float = 0.0
+    policy_sha256: str | None = None  # the running policy's identity: its bundle file's SHA-256
+    recording_note: str | None = None  # why recording is off although it was asked for
+    started_at: float | None = None  # when the control loop started (wall clock)
 
 
 class ModeReply(Reply, tag="set_mode"):
@@ -377,33 +383,73 @@ _telemetry_decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TELEMETRY_T
 
 
 class _Head(Struct):
-    """Just enough of a request to judge a large one without decoding its fields."""
+    """The three fields every request has, each kept as raw msgpack: decoding it never builds
+    the rest of the message (unknown fields are skipped, not materialised)."""
 
-    type: str = ""
+    type: msgspec.Raw = msgspec.Raw(b"")
+    v: msgspec.Raw = msgspec.Raw(b"")
+    id: msgspec.Raw = msgspec.Raw(b"")
 
 
 _head_decoder = msgspec.msgpack.Decoder(_Head)
+_str_decoder = msgspec.msgpack.Decoder(str)
+_uint_decoder = msgspec.msgpack.Decoder(UInt)
+_int_decoder = msgspec.msgpack.Decoder(int)
 
 
 def encode(msg: Struct) -> bytes:
     return _encoder.encode(msg)
 
 
-def decode_request(data: bytes) -> AnyRequest:
-    """A validated request, or ProtocolError with the code to reply with."""
-    if len(data) > MAX_COMMAND_BYTES:
+def request_head(data: bytes | memoryview) -> tuple[str | None, int | None, int]:
+    """(type, v, id) of a request as far as they can be read, each None (id 0) if not.
+
+    Typed and bounded: a field that is not what it should be is not decoded any further, and
+    the rest of the message is skipped without building anything. Raises ProtocolError
+    ("malformed") when the message is not a msgpack map at all.
+    """
+    try:
+        head = _head_decoder.decode(data)
+    except RecursionError:
+        raise ProtocolError("malformed", TOO_DEEP) from None
+    except msgspec.DecodeError as exc:
+        if "Expected `object`" in str(exc):
+            raise ProtocolError("malformed", "a request is a msgpack map") from None
+        raise ProtocolError("malformed", f"not a msgpack message: {exc}") from None
+
+    def field(raw: msgspec.Raw, decoder: msgspec.msgpack.Decoder) -> Any:
+        if not len(raw):
+            return None
         try:
-            kind = _head_decoder.decode(data).type
-        except Exception:  # noqa: BLE001 - anything undecodable is just "not load_policy"
-            kind = ""
-        if kind != "load_policy":
+            return decoder.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+
+    kind, v, rid = (
+        field(head.type, _str_decoder),
+        field(head.v, _int_decoder),
+        field(head.id, _uint_decoder),
+    )
+    return kind, (None if isinstance(v, bool) else v), rid or 0
+
+
+def decode_request(data: bytes | memoryview) -> AnyRequest:
+    """A validated request, or ProtocolError with the code to reply with (and the id to echo,
+    when the request has a usable one).
+
+    The checks, in order: size (``too_large``); a msgpack map (``malformed``); ``v`` an
+    integer other than PROTOCOL_VERSION (``bad_version``); ``type`` missing or unknown
+    (``unknown_type``); every field against the type's schema, ``v`` included (``invalid``).
+    Nothing that fails is decoded further than it takes to find that out.
+    """
+    kind, v, rid = None, None, 0
+    if len(data) > MAX_COMMAND_BYTES:
+        kind, v, rid = request_head(data)
+        limit = MAX_BUNDLE_BYTES + 1024 if kind == "load_policy" else MAX_COMMAND_BYTES
+        if len(data) > limit:
+            what = "load_policy" if kind == "load_policy" else "request"
             raise ProtocolError(
-                "too_large", f"request of {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}"
-            )
-        if len(data) > MAX_BUNDLE_BYTES + 1024:
-            raise ProtocolError(
-                "too_large",
-                f"load_policy of {len(data)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES}",
+                "too_large", f"{what} of {len(data)} bytes; the limit is {limit}", rid
             )
     try:
         request = _request_decoder.decode(data)
@@ -413,35 +459,42 @@ def decode_request(data: bytes) -> AnyRequest:
         raise ProtocolError(
             "bad_version",
             f"protocol version {request.v}; this robot speaks version {PROTOCOL_VERSION}",
+            request.id,
+        )
+    if isinstance(request, LoadPolicy) and len(request.bundle) > MAX_BUNDLE_BYTES:
+        raise ProtocolError(
+            "too_large",
+            f"a bundle of {len(request.bundle)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES}",
+            request.id,
         )
     reward = getattr(request, "final_reward", None)
     if reward is not None and not math.isfinite(reward):
-        raise ProtocolError("invalid", "final_reward must be finite - at `$.final_reward`")
+        raise ProtocolError(
+            "invalid", "final_reward must be finite - at `$.final_reward`", request.id
+        )
     return request
 
 
-def _classify(data: bytes, exc: Exception) -> ProtocolError:
+def _classify(data: bytes | memoryview, exc: Exception) -> ProtocolError:
     """Why a request failed to decode, as the most specific error code."""
-    try:
-        raw = msgspec.msgpack.decode(data)
-    except Exception as e:  # invalid msgpack, too deep, invalid UTF-8 in a string, ...
-        return ProtocolError("malformed", f"not a msgpack message: {e}")
-    if not isinstance(raw, dict):
-        return ProtocolError("malformed", f"a request is a msgpack map, got {type(raw).__name__}")
-    v = raw.get("v")
-    if isinstance(v, int) and not isinstance(v, bool) and v != PROTOCOL_VERSION:
+    kind, v, rid = request_head(data)  # raises "malformed" for what is not a map
+    if isinstance(exc, RecursionError):
+        return ProtocolError("malformed", TOO_DEEP, rid)
+    if v is not None and v != PROTOCOL_VERSION:
         return ProtocolError(
-            "bad_version", f"protocol version {v}; this robot speaks version {PROTOCOL_VERSION}"
+            "bad_version",
+            f"protocol version {v}; this robot speaks version {PROTOCOL_VERSION}",
+            rid,
         )
-    kind = raw.get("type")
     if kind is None:
-        return ProtocolError("unknown_type", "the request has no 'type'")
-    if not isinstance(kind, str) or kind not in REQUEST_TAGS:
+        return ProtocolError("unknown_type", "the request has no 'type' (a string)", rid)
+    if kind not in REQUEST_TAGS:
         return ProtocolError(
             "unknown_type",
-            f"unknown request type {kind!r}; known: {', '.join(REQUEST_TAGS)}",
+            f"unknown request type {kind[:64]!r}; known: {', '.join(REQUEST_TAGS)}",
+            rid,
         )
-    return ProtocolError("invalid", f"{kind}: {exc}")
+    return ProtocolError("invalid", f"{kind}: {exc}", rid)
 
 
 def error_reply(code: str, message: str, request_id: int = 0) -> bytes:

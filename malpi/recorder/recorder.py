@@ -232,30 +232,49 @@ class Recorder:
         s.queue_depth = self._mailbox.steps
         return s
 
-    def start_episode(self, meta: EpisodeMeta) -> int:
-        """Begin a new episode and return its id. An episode still open is ended as 'aborted'."""
+    @property
+    def next_episode_id(self) -> int:
+        return self._next_id
+
+    def start_episode(
+        self,
+        meta: EpisodeMeta,
+        *,
+        episode_id: int | None = None,
+        uuid: str | None = None,
+        started: tuple[float, float] | None = None,
+    ) -> int:
+        """Begin a new episode and return its id. An episode still open is ended as 'aborted'.
+
+        ``episode_id``, ``uuid`` and ``started`` (wall, monotonic) are chosen here unless given
+        (the daemon's control process chooses them and this recorder runs in another process);
+        a given id must not be below :attr:`next_episode_id`.
+        """
         if not isinstance(meta.action_table, ActionTable):
             raise TypeError("EpisodeMeta.action_table must be an ActionTable")
         # Freeze the configuration now: the caller may change its dict after we return.
         meta = replace(meta, config=json.loads(json.dumps(meta.config, default=str)))
         with self._lock:
             self._check_open()
+            if episode_id is not None and episode_id < self._next_id:
+                raise ValueError(f"episode id {episode_id} is taken (next free: {self._next_id})")
             if self._episode is not None:
                 self._end_locked("aborted", None)
-            episode_id = self._next_id
-            self._next_id += 1
+            episode_id = self._next_id if episode_id is None else episode_id
+            self._next_id = episode_id + 1
             self._episode, self._episode_meta, self._step_index = episode_id, meta, 0
             self._stats.episodes_started += 1
-            self._mailbox.put(
-                _Start(episode_id, str(uuidlib.uuid4()), time.time(), time.monotonic(), meta)
-            )
+            wall, mono = started or (time.time(), time.monotonic())
+            self._mailbox.put(_Start(episode_id, uuid or str(uuidlib.uuid4()), wall, mono, meta))
         return episode_id
 
-    def record(self, step: Step) -> int | None:
+    def record(self, step: Step, index: int | None = None) -> int | None:
         """Queue a step of the current episode; returns its step index, or None if dropped.
 
-        Never blocks and never does I/O. Raises ValueError for a malformed step and
-        RuntimeError without a current episode (both are bugs in the caller).
+        ``index`` is the step's number when the caller keeps count (steps it dropped leave
+        gaps); by default steps are numbered here. Never blocks and never does I/O. Raises
+        ValueError for a malformed step and RuntimeError without a current episode (both
+        are bugs in the caller).
         """
         with self._lock:
             if self._episode is None:
@@ -266,8 +285,11 @@ class Recorder:
             meta = self._episode_meta
             assert meta is not None
             _check_step(step, len(meta.action_table))
-            index = self._step_index
-            self._step_index += 1
+            if index is None:
+                index = self._step_index
+            elif index < self._step_index:
+                raise ValueError(f"step {index} comes after step {self._step_index - 1}")
+            self._step_index = index + 1
             if self._error is not None:
                 self._drop("the writer has failed")
                 return None
@@ -316,16 +338,17 @@ class Recorder:
         self._mailbox.put(_Flush(done))
         return done.wait(timeout) and self._error is None
 
-    def close(self, timeout: float = 10.0) -> None:
-        """End the current episode ('finished'), write everything queued, stop the writer.
+    def close(self, timeout: float = 10.0, outcome: str = "finished") -> None:
+        """End the current episode (as ``outcome``), write everything queued, stop the writer.
 
-        Safe to call more than once. Raises nothing; check ``error`` afterwards.
+        ``outcome`` may also be 'interrupted': the daemon died with the episode running. Safe
+        to call more than once. Raises nothing; check ``error`` afterwards.
         """
         with self._lock:
             if self._closed:
                 return
             if self._episode is not None:
-                self._end_locked("finished", None)
+                self._end_locked(outcome, None)
             self._closed = True
             self._mailbox.put(_STOP)
         self._thread.join(timeout)

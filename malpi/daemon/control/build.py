@@ -1,29 +1,37 @@
-"""Build the daemon's parts from a validated configuration.
+"""Build the daemon's parts from a validated configuration, and start its child processes.
 
 The order matters for safety: the configuration is validated before this
-module is called, the policy bundle is loaded and checked before any GPIO
-pin is claimed, and every part built so far is closed if a later one fails.
+module is called; the drivetrain is built first, so that the pins are
+claimed and driven to stop before anything else happens (after a crash or a
+kill the last process may have left them running); then the policy, the
+camera, the channels and the children; every part built so far is closed if
+a later one fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from malpi.actions import ActionTable
 from malpi.camera.base import Camera
 from malpi.config import Config
+from malpi.daemon import ipc
+from malpi.daemon.control.children import ChildProcess, Supervisor
+from malpi.daemon.control.loader import PolicyLoader
 from malpi.daemon.control.loop import ControlLoop, LoopSettings
 from malpi.daemon.control.notify import Notifier
+from malpi.daemon.control.ports import LinkPort, RecorderPort
 from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.bundle import PolicyBundle
-from malpi.policy.runtime import StepPolicy
+from malpi.policy.runtime import StepPolicy, write_runtime_model
 from malpi.policy.store import PolicyStore, shipped_policy
-from malpi.recorder.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +44,27 @@ class Robot:
     loop: ControlLoop
     camera: Camera
     drivetrain: Drivetrain
-    recorder: Recorder | None
+    recorder: RecorderPort | None
     telemetry: Telemetry
     sim_world: Any = None  # the RealTimeWorld when running on the simulator
     _closers: list = field(default_factory=list)
     policy_source: str = ""  # where the boot policy came from (load_policy_bundle)
+    link: LinkPort | None = None
+    supervisor: Supervisor | None = None
+    runtime_dir: Path | None = None
+
+    @property
+    def command_endpoint(self) -> str | None:
+        """Where the link process serves commands (it says so when it starts)."""
+        return self.link.hello.command_endpoint if self.link and self.link.hello else None
+
+    @property
+    def telemetry_endpoint(self) -> str | None:
+        return self.link.hello.telemetry_endpoint if self.link and self.link.hello else None
 
     def close(self) -> None:
         self.drivetrain.stop()
-        for close in reversed(self._closers):
-            try:
-                close()
-            except Exception:
-                log.exception("closing %r failed", close)
-        self._closers.clear()
+        _close_all(self._closers)
 
 
 def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
@@ -219,44 +234,58 @@ def build_robot(
     pin_factory: Any = None,
     notifier: Notifier | None = None,
     stage_history: list | None = None,
+    debug: bool = False,
 ) -> Robot:
-    """Build every part; on any failure close what was built and re-raise."""
+    """Build every part and start the child processes; on any failure close what was built."""
     closers: list = []
     try:
-        bundle, source = load_policy_bundle(config)
-        policy = None
-        if bundle is not None:
-            policy = StepPolicy(
-                bundle,
-                backend=config.policy.backend,
-                sample=config.policy.sample,
-                num_threads=config.policy.num_threads,
-            )
-            log.info("policy %s (%s, %s)", bundle.label, source, config.policy.backend)
-        else:
-            log.warning("no policy: %s; auto mode will not drive", source)
         uses_sim = "sim" in (config.camera.backend, config.drivetrain.backend)
         sim_world = build_sim_world(config) if uses_sim else None
-        # Motors first, so that anything failing later finds them built and stopped.
+        # Motors first: claimed and stopped before anything else can fail or take time.
         drivetrain = build_drivetrain(config, sim_world, pin_factory)
+        drivetrain.stop()
         closers.append(drivetrain.close)
+        runtime_dir = ipc.private_dir()
+        closers.append(lambda: shutil.rmtree(runtime_dir, ignore_errors=True))
+        policy, source, policy_file = boot_policy(config, runtime_dir / "models")
         camera = build_camera(config, sim_world)
         camera.start()
         closers.append(camera.close)
-        recorder = None
+        zctx = zmq.Context()
+        closers.append(zctx.term)
+        children: list[tuple[ChildProcess, Any]] = []
+        settings = {"config": config.to_dict(), "runtime_dir": str(runtime_dir), "debug": debug}
+        recorder = rec_port = None
         if config.recording.path:
             path = Path(config.recording.path).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            recorder = Recorder(path)
-            closers.append(recorder.close)
+            rec_port = RecorderPort(zctx, ipc.endpoint(runtime_dir, "recorder"), str(path))
+            closers.append(rec_port.close)
+            child = ChildProcess(
+                "recorder",
+                "malpi.daemon.recording",
+                {**settings, "endpoint": rec_port.endpoint},
+                None,
+            )
+            children.append((child, rec_port))
+            recorder = rec_port
             if config.reward.enabled:
                 from malpi.daemon.control.reward import RewardingRecorder, RewardSource, SimMeter
 
                 # Progress is measurable where the simulator moves the car.
                 meter = SimMeter(sim_world) if config.drivetrain.backend == "sim" else None
                 recorder = RewardingRecorder(
-                    recorder, RewardSource.from_config(config.reward, meter)
+                    rec_port, RewardSource.from_config(config.reward, meter)
                 )
+        link = None
+        if config.link.enabled:
+            link = LinkPort(
+                zctx, ipc.endpoint(runtime_dir, "link"), frame_rate_hz=config.link.frame_rate_hz
+            )
+            closers.append(link.close)
+            child = ChildProcess(
+                "link", "malpi.daemon.link", {**settings, "endpoint": link.endpoint}, None
+            )
+            children.append((child, link))
         telemetry = Telemetry()
         loop = ControlLoop(
             camera,
@@ -275,12 +304,73 @@ def build_robot(
             record=config.recording.enabled,
             config=config.to_dict(),
             stage_history=stage_history,
+            link=link,
+            policy_source=source,
         )
+        loop.policy_file = policy_file
+        loop.loader = PolicyLoader(
+            config.policy.backend, config.policy.sample, config.policy.num_threads, loop.idle
+        )
+        closers.append(loop.loader.close)
+        supervisor = Supervisor(children, loop.child_failed, lambda: loop.listening_since)
+        closers.append(supervisor.stop_all)
+        supervisor.start_all()
         return Robot(
-            config, loop, camera, drivetrain, recorder, telemetry, sim_world, closers, source
+            config,
+            loop,
+            camera,
+            drivetrain,
+            rec_port,
+            telemetry,
+            sim_world,
+            closers,
+            source,
+            link,
+            supervisor,
+            runtime_dir,
         )
     except BaseException:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
+        _close_all(closers)
         raise
+
+
+def boot_policy(config: Config, models: Path) -> tuple[StepPolicy | None, str, str]:
+    """The policy the daemon boots with: (policy or None, where from, its bundle file or "")."""
+    bundle, source = load_policy_bundle(config)
+    if bundle is None:
+        log.warning("no policy: %s; auto mode will not drive", source)
+        return None, source, ""
+    c = config.policy
+    model = write_runtime_model(bundle, c.backend, models)
+    policy = StepPolicy.from_model_file(
+        model,
+        bundle.spec,
+        bundle.label,
+        bundle.sha256,
+        backend=c.backend,
+        sample=c.sample,
+        num_threads=c.num_threads,
+    )
+    log.info("policy %s (%s, %s)", bundle.label, source, c.backend)
+    return policy, source, _bundle_file(config, source)
+
+
+def _bundle_file(config: Config, source: str) -> str:
+    if config.policy.path:
+        return str(Path(config.policy.path).expanduser())
+    store = PolicyStore(config.policy.store)
+    current = store.current()
+    if source.startswith("policy store") and current is not None:
+        return str(store.path(current))
+    if source == "installed default policy":
+        return str(shipped_policy())
+    return ""
+
+
+def _close_all(closers: list) -> None:
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception:
+            log.exception("closing %r failed", close)
+    closers.clear()

@@ -1,9 +1,15 @@
 """The control loop: newest frame -> policy step -> drivetrain -> recorder and telemetry, at a fixed rate.
 
-Everything that changes the loop's state runs on the loop's own thread: the
-link (or a test) calls the thread-safe methods below, which queue a command
-that the loop applies at the start of its next period. Only ``drive()``
-writes a slot directly, so the deadman sees the operator's latest command.
+Everything that changes the loop's state runs on the loop's own thread. The
+link process's commands arrive on its port (:mod:`malpi.daemon.control.ports`),
+read at the start of every period; in-process callers (a test, a timer) use
+the thread-safe methods below, which queue a command the loop applies at the
+start of its next period. Only ``drive()`` writes a slot directly, so the
+deadman sees the operator's latest command.
+
+The policy is stepped exactly on the periods that act (and are recorded):
+the LSTM state on the car follows the same sequence of frames and previous
+actions that training replays from the recording.
 
 Safety (see :mod:`malpi.daemon.control.safety`): the motors are stopped, and an event
 says why, on a stale frame, a policy error or non-finite output, a lost
@@ -28,12 +34,15 @@ from typing import Any
 
 from malpi.actions import NO_ACTION, ActionTable
 from malpi.camera.base import Camera
+from malpi.daemon import ipc
+from malpi.daemon.control.loader import PolicyLoader
 from malpi.daemon.control.notify import Notifier
+from malpi.daemon.control.ports import LinkPort
 from malpi.daemon.control.safety import Faults
 from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.runtime import StepPolicy
-from malpi.recorder.recorder import EpisodeMeta, Recorder, Step
+from malpi.recorder.recorder import EpisodeMeta, Step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +78,6 @@ class LoopStats:
 @dataclass(frozen=True)
 class OperatorCommand:
     action: int | None  # None: the operator says stop
-    seq: int
     received: float  # time.monotonic()
 
 
@@ -85,19 +93,27 @@ class ControlLoop:
         actions: ActionTable,
         settings: LoopSettings | None = None,
         policy: StepPolicy | None = None,
-        recorder: Recorder | None = None,
+        recorder: Any = None,  # a RecorderPort (or anything with its interface)
         telemetry: Telemetry | None = None,
         notifier: Notifier | None = None,
         record: bool = True,
         config: dict[str, Any] | None = None,
         stage_history: list[dict[str, float]] | None = None,
+        link: LinkPort | None = None,
+        loader: PolicyLoader | None = None,
+        policy_source: str = "",
     ):
         self.camera = camera
         self.drivetrain = drivetrain
         self.actions = actions
         self.settings = settings or LoopSettings()
         self.policy = policy
+        self.policy_source = policy_source  # where the running policy came from
+        self.policy_file = ""  # and the bundle file it was read from, if known
         self.recorder = recorder
+        self.link = link
+        self.idle = threading.Event()  # set between periods (the policy loader starts then)
+        self.loader = loader
         self.telemetry = telemetry or Telemetry()
         self.notifier = notifier or Notifier({})
         self.config = config or {}
@@ -107,20 +123,28 @@ class ControlLoop:
         self.mode = Mode.PAUSED
         self.faults = Faults()
         self.stats = LoopStats()
-        self.recording = bool(record and recorder is not None)
+        # What the operator (or the configuration) asked for, and whether it happens: a recorder
+        # that cannot record (no room on the disk, a failed writer) turns the second off.
+        self.recording_wanted = bool(record and recorder is not None)
+        self.recording = self.recording_wanted
+        self.recording_note: str | None = None
         self.episode = 0
         self.step_index = 0
         self.prev_action = NO_ACTION
+        self.started_at: float | None = None  # wall clock of the first period
+        self.listening_since = 0.0  # when the loop last read its children's ports
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._operator: OperatorCommand | None = None  # the latest drive command
-        self._operator_lock = threading.Lock()
-        self._thread_errors: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._thread_errors: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._stop_reason = ""
         self._running = False
         self._last_status = 0.0
         self._last_watchdog = 0.0
         self._rate_mark = (0.0, 0)
+        if link is not None:
+            link.state_fn = self.state
+            self.telemetry.add_sink(link.sink)
 
     # -- the interface for the link (any thread) -----------------------------------
 
@@ -155,19 +179,20 @@ class ControlLoop:
         """Swap in an already-built policy between two periods; a new episode starts."""
         return self.submit(lambda: self._swap_policy(policy))
 
-    def drive(self, action: int | None, seq: int) -> dict[str, Any]:
-        """An operator command: an action index, or None to stop. Feeds the deadman."""
+    def drive(self, action: int | None) -> None:
+        """An operator command: an action index, or None to stop. Feeds the deadman.
+
+        The latest command wins, whoever sent it; a stop is never refused. (Ordering one
+        client's commands is the link's job: it knows the clients.)
+        """
         if action is not None and not 0 <= action < len(self.actions):
             raise ValueError(f"action {action} is outside the table of {len(self.actions)}")
-        with self._operator_lock:
-            if self._operator is not None and seq <= self._operator.seq:
-                return {
-                    "accepted": False,
-                    "reason": f"stale sequence number {seq}",
-                    "mode": str(self.mode),
-                }
-            self._operator = OperatorCommand(action, seq, time.monotonic())
-        return {"accepted": True, "mode": str(self.mode)}
+        self._operator = OperatorCommand(action, time.monotonic())
+
+    def child_failed(self, role: str, reason: str) -> None:
+        """The supervisor's report (any thread): a latched fault at the next period."""
+        self.drivetrain.stop()
+        self._thread_errors.put(("process_crash", reason))
 
     def request_stop(self, reason: str) -> None:
         """Stop the motors now and end the loop after this period (signal-handler safe)."""
@@ -188,6 +213,31 @@ class ControlLoop:
             "faults": self.faults.snapshot(),
         }
 
+    def state(self) -> ipc.State:
+        """Everything the link needs to answer ``status`` without asking this process."""
+        rec = None
+        if self.recorder is not None:
+            r = self.recorder.stats
+            rec = {"written": r.steps_written, "dropped": r.steps_dropped, "queue": r.queue_depth}
+        return ipc.State(
+            mode=str(self.mode),
+            episode=self.episode,
+            step=self.step_index,
+            recording=self.recording,
+            recording_note=self.recording_note,
+            policy_version=self.policy.version if self.policy else None,
+            policy_sha256=self.policy.sha256 if self.policy else None,
+            policy_source=self.policy_source,
+            policy_file=self.policy_file,
+            rate_hz=round(self.stats.rate_hz, 2),
+            periods=self.stats.periods,
+            missed_periods=self.stats.missed_periods,
+            faults=self.faults.snapshot(),
+            actions=self.actions.to_list(),
+            recorder=rec,
+            started_at=self.started_at,
+        )
+
     # -- running ------------------------------------------------------------------
 
     def run(self, install_signal_handlers: bool = True, max_periods: int | None = None) -> int:
@@ -198,6 +248,7 @@ class ControlLoop:
         threading.excepthook = self._thread_excepthook
         self._running = True
         self.drivetrain.stop()
+        self.started_at = time.time()
         self._new_episode(None, reason="boot")
         self.notifier.ready(f"paused, policy {self.policy.version if self.policy else 'none'}")
         self.telemetry.event(
@@ -211,7 +262,9 @@ class ControlLoop:
         self._rate_mark = (next_tick, 0)
         try:
             while not self._stop.is_set():
+                self.idle.clear()
                 self._period()
+                self.idle.set()
                 self.stats.periods += 1
                 if max_periods is not None and self.stats.periods >= max_periods:
                     break
@@ -267,31 +320,29 @@ class ControlLoop:
         else:
             self._clear("deadman")
 
-        # 3. The policy sees every frame it is given while driving, so its state follows the episode.
+        # 3. Who acts this period, if anyone: nothing moves while a fault is active or paused.
+        source = None
+        if not self.faults.any and self.mode is not Mode.PAUSED:
+            if operator is not None and operator.action is not None:
+                source = "human" if self.mode is Mode.MANUAL else "intervention"
+            elif self.mode is Mode.AUTO and operator is None and self.policy is not None:
+                source = "policy"
+
+        # 4. The policy steps on exactly the periods that act, so that its LSTM state follows
+        #    the sequence the recording keeps (and training replays).
         result = None
-        if (
-            self.mode is not Mode.PAUSED
-            and self.policy is not None
-            and "stale_frame" not in self.faults
-        ):
+        if source is not None and self.policy is not None:
             try:
                 result = self.policy.step(frame.image, self.prev_action)
             except Exception as exc:
                 self._latch("policy_error", f"policy step failed: {exc}")
+                source = None
         t_inf = time.monotonic()
-
-        # 4. Decide: nothing moves while any fault is active or the loop is paused.
-        action, source = None, None
-        if not self.faults.any:
-            if (
-                operator is not None
-                and operator.action is not None
-                and self.mode is not Mode.PAUSED
-            ):
-                action = operator.action
-                source = "human" if self.mode is Mode.MANUAL else "intervention"
-            elif self.mode is Mode.AUTO and operator is None and result is not None:
-                action, source = result.action, "policy"
+        action = None
+        if source == "policy":
+            action = result.action
+        elif source is not None:
+            action = operator.action
 
         # 5. Actuate.
         if action is None:
@@ -300,7 +351,7 @@ class ControlLoop:
             self.drivetrain.apply(self.actions.command(action))
         t_act = time.monotonic()
 
-        # 6. Record (a hand-off to the writer thread; never blocks).
+        # 6. Record (a hand-off to the recorder process; never blocks).
         if action is not None:
             if self.recording:
                 self.recorder.record(
@@ -336,13 +387,17 @@ class ControlLoop:
                 "step": self.step_index,
                 "mode": str(self.mode),
                 "action": action,
-                "source": source,
+                "source": source if action is not None else None,
                 "probs": None if result is None else [round(float(p), 4) for p in result.probs],
                 "value": None if result is None else result.value,
                 "faults": sorted(self.faults.snapshot()),
                 "latency_ms": stages,
+                "periods": self.stats.periods + 1,  # for the link's status replies
+                "missed_periods": self.stats.missed_periods,
             },
         )
+        if self.link is not None:
+            self.link.tick(t_rec, frame, self.episode, self.step_index)
         stages["publish"] = (time.monotonic() - t_rec) * 1000
         self.stats.last_stages_ms = stages
         if self.stage_history is not None:
@@ -358,24 +413,56 @@ class ControlLoop:
             try:
                 fn, future = self._commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
                 except Exception as exc:
                     future.set_exception(exc)
+        self.listening_since = time.monotonic()
+        if self.recorder is not None and hasattr(self.recorder, "receive"):
+            for msg in self.recorder.receive():
+                if isinstance(msg, ipc.Hello) and self.recorder.hellos > 1:
+                    self.telemetry.event(
+                        "process_restarted", f"recorder process restarted (pid {msg.pid})",
+                        role="recorder", pid=msg.pid,
+                    )  # fmt: skip
+                    if self.recording:  # the new recorder records from a new episode on
+                        self._new_episode(None, reason="recorder restarted")
+        if self.link is not None:
+            for msg in self.link.receive():
+                self._on_link(msg)
 
     def _check_threads(self) -> None:
         while True:
             try:
-                self._latch("thread_crash", self._thread_errors.get_nowait())
+                self._latch(*self._thread_errors.get_nowait())
             except queue.Empty:
                 break
         cam_error = self.camera.error
         if cam_error is not None:
             self._latch("thread_crash", f"camera failed: {cam_error!r}")
-        if self.recorder is not None and self.recorder.error is not None:
-            self._latch("thread_crash", f"recorder failed: {self.recorder.error!r}")
+        if self.recorder is not None:
+            self._check_recorder(getattr(self.recorder, "problem", ""))
+
+    def _check_recorder(self, problem: str) -> None:
+        """A recorder that cannot record switches recording off (the car stays drivable) and
+        back on when it can again, if it is still wanted; each change is an event."""
+        if problem and self.recording:
+            self.recording, self.recording_note = False, problem
+            self._new_episode("finished", reason="recording stopped: " + problem)
+            self.telemetry.event(
+                "recording_stopped", f"recording stopped: {problem}", logging.WARNING,
+                reason=problem,
+            )  # fmt: skip
+        elif not problem and self.recording_note is not None:
+            self.recording_note = None
+            if self.recording_wanted and not self.recording:
+                self.recording = True
+                self._new_episode("finished", reason="recording resumed")
+                self.telemetry.event("recording_resumed", "recording resumed")
+        elif problem:
+            self.recording_note = problem
 
     def _fault(self, name: str, reason: str) -> None:
         if self.faults.raise_(name, reason):
@@ -417,12 +504,15 @@ class ControlLoop:
             self._last_watchdog = now
 
     def _maybe_status(self, now: float) -> None:
+        # The rate over the last status interval (over the time since the start, at first).
+        mark_t, mark_n = self._rate_mark
+        if now - mark_t >= min(0.25, self.settings.period * 5) or not self.stats.rate_hz:
+            self.stats.rate_hz = (self.stats.periods + 1 - mark_n) / max(
+                now - mark_t, self.settings.period
+            )
         if now - self._last_status < self.settings.status_interval:
             return
-        mark_t, mark_n = self._rate_mark
-        if now > mark_t:
-            self.stats.rate_hz = (self.stats.periods - mark_n) / (now - mark_t)
-        self._rate_mark = (now, self.stats.periods)
+        self._rate_mark = (now, self.stats.periods + 1)
         self._last_status = now
         status = self.status()
         if self.recorder is not None:
@@ -455,23 +545,90 @@ class ControlLoop:
     def _set_recording(self, on: bool) -> dict[str, Any]:
         if on and self.recorder is None:
             raise RuntimeError("recording is not configured (no recording path)")
+        self.recording_wanted = on
+        if on and self.recording_note is not None:
+            if hasattr(self.recorder, "resume"):
+                self.recorder.resume()  # a failed writer tries again; it reports how it went
+            raise RuntimeError(f"cannot record now: {self.recording_note}")
         if on != self.recording:
             self.recording = on
             # A recorded episode always starts from a reset state, as training will replay it.
             self._new_episode("finished", reason="recording " + ("started" if on else "stopped"))
         return {"recording": self.recording, "episode": self.episode}
 
-    def _swap_policy(self, policy: StepPolicy) -> dict[str, Any]:
-        old = self.policy.version if self.policy else None
+    def _swap_policy(self, policy: StepPolicy, source: str = "", file: str = "") -> dict[str, Any]:
+        old = self.policy
         self.policy = policy
+        self.policy_source = source or self.policy_source
+        self.policy_file = file
+        previous = old.version if old else None
         self.telemetry.event(
             "policy_loaded",
-            f"policy {old} -> {policy.version}",
+            f"policy {previous} -> {policy.version}",
             version=policy.version,
-            previous=old,
+            previous=previous,
+            sha256=policy.sha256,
         )
         self._new_episode("finished", reason="policy swapped")
-        return {"version": policy.version, "previous": old, "episode": self.episode}
+        if self.loader is not None:
+            self.loader.dispose(old)  # its interpreter is freed there, not here
+        return {"version": policy.version, "previous": previous, "episode": self.episode}
+
+    # -- the link process's messages (already validated there) ---------------------
+
+    def _on_link(self, msg: Any) -> None:
+        if isinstance(msg, ipc.Drive):
+            try:
+                self.drive(msg.action)
+            except ValueError as exc:
+                log.error("link forwarded a bad drive command: %s", exc)
+        elif isinstance(msg, ipc.Command):
+            self._link_command(msg)
+        elif isinstance(msg, ipc.Hello) and self.link.hellos > 1:
+            self.telemetry.event(
+                "process_restarted", f"link process restarted (pid {msg.pid})",
+                role="link", pid=msg.pid,
+            )  # fmt: skip
+
+    def _link_command(self, cmd: ipc.Command) -> None:
+        a = cmd.args
+        try:
+            if cmd.kind == "swap_policy":
+                self._load_policy(cmd.token, a)
+                return  # answered when the loader is done
+            if cmd.kind == "set_mode":
+                result = self._set_mode(Mode(a["mode"]))
+            elif cmd.kind == "reset_episode":
+                result = self._new_episode("finished", reason="reset requested")
+            elif cmd.kind == "end_episode":
+                outcome, reward = a["outcome"], a.get("final_reward")
+                result = self._new_episode(outcome, f"episode {outcome}", final_reward=reward)
+            elif cmd.kind == "record":
+                result = self._set_recording(bool(a["on"]))
+            else:
+                raise ValueError(f"unknown command {cmd.kind!r}")
+        except RuntimeError as exc:  # not possible now (e.g. recording not configured)
+            self.link.reply(cmd.token, code="refused", message=str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.link.reply(cmd.token, code="invalid", message=f"{type(exc).__name__}: {exc}")
+        else:
+            self.link.reply(cmd.token, result)
+
+    def _load_policy(self, token: int, args: dict[str, Any]) -> None:
+        if self.loader is None:
+            raise RuntimeError("this daemon cannot load policies")
+
+        def done(policy: StepPolicy | None, error: str) -> None:  # on the loader's thread
+            if policy is None:
+                self.submit(lambda: self.link.reply(token, code="rejected", message=error))
+            else:
+                self.submit(
+                    lambda: self.link.reply(
+                        token, self._swap_policy(policy, args["source"], args.get("file", ""))
+                    )
+                )
+
+        self.loader.build(args, done)
 
     def _new_episode(
         self, end_outcome: str | None, reason: str, final_reward: float | None = None
@@ -505,7 +662,9 @@ class ControlLoop:
         old = {}
         if threading.current_thread() is not threading.main_thread():
             return old
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a terminal that goes away (an ssh session dropped) stops the car cleanly,
+        # like SIGTERM and Ctrl-C, rather than killing the process with the motors running.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             old[sig] = signal.signal(sig, lambda s, _f: self.request_stop(signal.Signals(s).name))
         return old
 
@@ -513,7 +672,7 @@ class ControlLoop:
         name = args.thread.name if args.thread else "?"
         self.drivetrain.stop()
         self._thread_errors.put(
-            f"thread {name} crashed: {args.exc_type.__name__}: {args.exc_value}"
+            ("thread_crash", f"thread {name} crashed: {args.exc_type.__name__}: {args.exc_value}")
         )
         log.error(
             "thread %s crashed", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)

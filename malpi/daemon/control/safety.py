@@ -5,15 +5,16 @@ Two kinds of fault stop the motors:
 - *conditions* (``stale_frame``, ``deadman``) hold only while their cause
   does: the loop re-checks them every period and the car may move again once
   the cause has cleared (a fresh frame, a new drive command);
-- *latched* faults (``policy_error``, ``thread_crash``, ``overrun``) are
-  cleared only by an operator re-arming, i.e. choosing a mode again; until
-  then the loop is paused.
+- *latched* faults (``policy_error``, ``thread_crash``, ``process_crash``,
+  ``overrun``) are cleared only by an operator re-arming, i.e. choosing a mode
+  again; until then the loop is paused. ``process_crash``: the link or the
+  recorder process died or stopped answering (it is restarted).
 """
 
 from __future__ import annotations
 
 CONDITIONS = frozenset({"stale_frame", "deadman"})
-LATCHED = frozenset({"policy_error", "thread_crash", "overrun"})
+LATCHED = frozenset({"policy_error", "thread_crash", "process_crash", "overrun"})
 
 
 class Faults:

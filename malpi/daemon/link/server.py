@@ -1,18 +1,26 @@
-"""The daemon's side of the link: the command ROUTER socket, with the telemetry publisher.
+"""The link process's server: the command ROUTER socket and the telemetry publisher.
 
-:class:`LinkServer` runs both sockets for a control loop (the PUB side is
-:mod:`malpi.daemon.link.publisher`). One thread owns the ROUTER socket, so several
-clients can talk at once. It decodes and validates each request, answers
-``ping``, ``status`` and ``drive`` at once, and hands the rest to the control
-loop (or, for policy loads and episode reads, to worker threads) without
-waiting: their replies come back through a queue when done. Malformed input gets an error
-reply and changes nothing.
+One thread owns the network sockets and the channel to the control process.
+It decodes and validates each request (bounded: see
+:func:`malpi.protocol.schema.decode_request`), answers ``ping``, ``status``
+and ``drive`` at once from what the control process last told it, forwards
+the loop's commands as small internal messages, and hands policy loads and
+episode reads to worker threads. Replies that come later (from the control
+process or a worker) go out when they are ready. Malformed input gets an
+error reply and changes nothing; nothing a client sends can reach the control
+process except a validated command.
 
-Security: without CURVE the daemon refuses to bind anything but loopback
+Connections are bounded: a TCP connection that has not completed the ZeroMQ
+handshake within ``link.handshake_timeout_ms`` is dropped, so idle or
+half-open connections cannot pile up; each connection may have only a few
+requests queued (the bundle-sized ones are what costs memory); and the process
+raises its file-descriptor limit so that a crowd of connections does not lock
+an authorised operator out.
+
+Security: without CURVE the link refuses to bind anything but loopback
 (unless ``link.allow_insecure_remote``); with CURVE both sockets are CURVE
 servers and a ZAP authenticator admits only the keys in the authorised-keys
-directory. An unauthorised client never completes the handshake: no reply,
-no telemetry.
+directory (``link.authorized_keys``, by default ``<keys_dir>/authorized``).
 """
 
 from __future__ import annotations
@@ -20,33 +28,32 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 
 from malpi.config import Config
-from malpi.daemon.control.loop import DaemonStopped
-from malpi.daemon.link.publisher import (  # noqa: F401 - TelemetryPublisher: `malpi bench loop` uses it
-    LinkError,
-    TelemetryPublisher,
-    bind,
-    check_bind,
-)
+from malpi.daemon import ipc
+from malpi.daemon.link.control import ControlChannel
+from malpi.daemon.link.publisher import LinkError, TelemetryPublisher, bind, check_bind
+from malpi.daemon.link.security import ServerSecurity
 from malpi.protocol import schema
-from malpi.protocol.keys import ServerSecurity
 from malpi.protocol.schema import ProtocolError
 
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 5.0  # s: a loop command not done by then gets a "timeout" error
 LOAD_TIMEOUT = 300.0  # s: validating a big bundle on a Pi takes seconds, not minutes
+RCVHWM = 4  # requests queued per connection before ZeroMQ stops reading it
+MAX_CLIENTS = 1024  # drive sequence numbers remembered (the least recently used are forgotten)
+LIVE = ("mode", "episode", "step", "periods", "missed_periods")
 
 
 @dataclass
@@ -55,47 +62,55 @@ class _Pending:
     request: Any
     deadline: float
     reply: Callable[[Any], schema.Reply]  # the future's result -> the reply
+    future: Future
 
 
 class LinkServer:
-    """The command socket and the telemetry publisher for one running control loop."""
+    """The command socket and the telemetry publisher, serving for the control process."""
 
-    def __init__(self, config: Config, loop, camera=None, telemetry=None, policy_source: str = ""):
+    def __init__(
+        self, config: Config, control: ControlChannel, runtime_dir: Path, context: zmq.Context
+    ):
         from malpi.daemon.link.episodes import EpisodeServer
         from malpi.daemon.link.reload import PolicyManager
 
         link = config.link
         check_bind(link)  # before any key is read or socket bound
         self.config = config
-        self.loop = loop
-        self.telemetry = telemetry if telemetry is not None else loop.telemetry
-        self.policies = PolicyManager(config, loop, policy_source)
-        recorder = getattr(loop, "recorder", None)
-        self.episodes = EpisodeServer(recorder.path if recorder is not None else None)
-        self._ctx = zmq.Context()
+        self.control = control
+        self.policies = PolicyManager(config, control, runtime_dir / "models", self._event)
+        recording = config.recording.path
+        self.episodes = EpisodeServer(Path(recording).expanduser() if recording else None)
+        self._ctx = context
         self._security: ServerSecurity | None = None
         self.publisher: TelemetryPublisher | None = None
         self._router: zmq.Socket | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         self._tokens = 0
         self._loading = False
         self._load_token: int | None = None
+        self._done: list[tuple[int, Future]] = []
+        self._done_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._clients: OrderedDict[bytes, int] = OrderedDict()  # routing id -> last drive seq
+        # The loop's mode, episode, step and period counts, from its step messages and its
+        # state, whichever came last: status and drive replies are as fresh as can be.
+        self._live: dict[str, Any] = {}
         self._stop = threading.Event()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="malpi-link-load")
-        self.stats = {"requests": 0, "errors": 0}
+        self.stats = {"requests": 0, "errors": 0, "drives_refused": 0}
         try:
             if link.curve:
                 self._security = ServerSecurity(link.keys_dir, link.authorized_keys)
                 self._security.start(self._ctx)  # before binding: CURVE without ZAP admits anyone
-            self.publisher = TelemetryPublisher(
-                link, context=self._ctx, security=self._security, camera=camera
-            )
+            self.publisher = TelemetryPublisher(link, context=self._ctx, security=self._security)
             router = self._ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.MAXMSGSIZE, link.max_message_bytes)
+            router.setsockopt(zmq.RCVHWM, RCVHWM)
+            router.setsockopt(zmq.HANDSHAKE_IVL, link.handshake_timeout_ms)
             if self._security is not None:
                 self._security.apply(router)
             self._router = router
@@ -104,48 +119,68 @@ class LinkServer:
             self._teardown()
             raise
         self.telemetry_endpoint = self.publisher.endpoint
-        self.telemetry.add_sink(self.publisher.sink)
-        self._thread = threading.Thread(target=self._serve, name="malpi-link", daemon=True)
-        self._thread.start()
-        security = "CURVE" if link.curve else "no encryption"
         log.info(
             "link: commands on %s, telemetry on %s (%s)",
             self.command_endpoint,
             self.telemetry_endpoint,
-            security,
-        )
-
-    @classmethod
-    def for_robot(cls, robot) -> LinkServer:
-        return cls(
-            robot.config,
-            robot.loop,
-            camera=robot.camera,
-            telemetry=robot.telemetry,
-            policy_source=getattr(robot, "policy_source", ""),
+            "CURVE" if link.curve else "no encryption",
         )
 
     # -- the server thread ------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def serve(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; every piece of housekeeping survives its own bugs."""
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
+        poller.register(self.control.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        while not self._stop.is_set():
-            ready = dict(poller.poll(100))
-            if self._router in ready:
-                for _ in range(100):  # bounded, so finished replies are not starved
-                    try:
-                        # Zero-copy: a 50 MB bundle is not copied under the GIL here.
-                        frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._handle(frames)
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            self._finish_done()
-            self._expire()
+        poller.register(self.control.wake_fd, zmq.POLLIN)
+        last_beat = 0.0
+        while not stop.is_set() and not self._stop.is_set():
+            try:
+                ready = dict(poller.poll(100))
+                if self.control.sock in ready:
+                    self._from_control()
+                if self._router in ready:
+                    self._requests()
+                self.control.flush()
+                self._finish_done()
+                self._expire()
+                now = time.monotonic()
+                if now - last_beat >= ipc.HEARTBEAT:
+                    last_beat = now
+                    self.control.send(ipc.Heartbeat(stats=self.stats))
+            except Exception:  # a bug in here must not end the only way to stop the car
+                log.exception("link: serving failed; going on")
+                time.sleep(0.01)
+        if self.control.sock.poll(300):  # the control process's last words (its "stopped" event)
+            self._from_control()
+
+    def _requests(self) -> None:
+        for _ in range(100):  # bounded, so that the control channel and replies are not starved
+            try:
+                # Zero-copy: a 50 MB bundle is not copied to be decoded.
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _from_control(self) -> None:
+        for msg, extra in self.control.receive():
+            if isinstance(msg, ipc.State):
+                self._live.update(mode=msg.mode, episode=msg.episode, step=msg.step)
+            elif isinstance(msg, ipc.Telemetry):
+                if msg.topic == "step":
+                    p = msg.payload
+                    self._live.update({k: p[k] for k in LIVE if k in p})
+                self.publisher.publish(msg.topic, msg.payload)
+            elif isinstance(msg, ipc.FrameHead) and extra:
+                try:
+                    pixels = ipc.frame_pixels(extra[0].buffer, msg.height, msg.width)
+                except ValueError as exc:
+                    log.error("bad frame from the control process: %s", exc)
+                    continue
+                self.publisher.publish_frame(msg, pixels)
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         self.stats["requests"] += 1
@@ -160,12 +195,13 @@ class LinkServer:
         try:
             request = schema.decode_request(body)
         except ProtocolError as exc:
-            self._error(envelope, exc.code, exc.message, _peek_id(body))
+            self._error(envelope, exc.code, exc.message, exc.request_id)
             return
-        except Exception as exc:  # decoding must never end this thread (that stops the car)
+        except Exception as exc:  # decoding must never end this thread
             log.exception("link: undecodable request")
             self._error(envelope, "malformed", f"{type(exc).__name__}: {exc}")
             return
+        del frames, body  # a bundle's frame is not kept alive by this function
         try:
             self._dispatch(envelope, request)
         except ProtocolError as exc:
@@ -175,27 +211,18 @@ class LinkServer:
             self._error(envelope, "internal", f"{type(exc).__name__}: {exc}", request.id)
 
     def _dispatch(self, envelope: list[bytes], req: Any) -> None:
-        loop = self.loop
+        call = self.control.call
         if isinstance(req, schema.Ping):
             self._send(envelope, schema.Pong(id=req.id, server_time=time.time()))
         elif isinstance(req, schema.GetStatus):
             self._send(envelope, self._status(req.id))
         elif isinstance(req, schema.Drive):
-            try:
-                r = loop.drive(req.action, req.seq)
-            except ValueError as exc:
-                raise ProtocolError("invalid", str(exc)) from exc
-            self._send(
-                envelope,
-                schema.DriveReply(
-                    id=req.id, accepted=r["accepted"], mode=r["mode"], reason=r.get("reason")
-                ),
-            )
+            self._drive(envelope, req)
         elif isinstance(req, schema.SetMode):
             self._later(
                 envelope,
                 req,
-                loop.set_mode(req.mode),
+                call("set_mode", mode=req.mode),
                 lambda r: schema.ModeReply(
                     mode=r["mode"], previous=r["previous"], rearmed=r["rearmed"]
                 ),
@@ -204,14 +231,14 @@ class LinkServer:
             self._later(
                 envelope,
                 req,
-                loop.reset_episode(),
+                call("reset_episode"),
                 lambda r: schema.EpisodeReply(episode=r["episode"]),
             )
         elif isinstance(req, schema.EndEpisode):
             self._later(
                 envelope,
                 req,
-                loop.end_episode(req.outcome, req.final_reward),
+                call("end_episode", outcome=req.outcome, final_reward=req.final_reward),
                 lambda r: schema.EndEpisodeReply(
                     episode=r["episode"], ended=r.get("ended"), outcome=req.outcome
                 ),
@@ -220,17 +247,18 @@ class LinkServer:
             self._later(
                 envelope,
                 req,
-                loop.set_recording(req.on),
+                call("record", on=req.on),
                 lambda r: schema.RecordReply(recording=r["recording"], episode=r["episode"]),
             )
         elif isinstance(req, schema.LoadPolicy | schema.RollbackPolicy):
             if self._loading:
                 raise ProtocolError("busy", "a policy load or rollback is already running")
-            job = (
-                (lambda: self.policies.load(req.bundle))
-                if isinstance(req, schema.LoadPolicy)
-                else self.policies.rollback
-            )
+            if isinstance(req, schema.LoadPolicy):
+                data = bytes(req.bundle)  # its own copy: the received frame is released now
+                req.bundle = memoryview(b"")
+                job = lambda: self.policies.load(data)  # noqa: E731
+            else:
+                job = self.policies.rollback
             self._loading = True
             self._load_token = self._later(
                 envelope, req, self._loader.submit(job), lambda r: r, LOAD_TIMEOUT
@@ -241,32 +269,68 @@ class LinkServer:
         else:  # pragma: no cover - every request type is handled above
             raise ProtocolError("unknown_type", f"unhandled request {type(req).__name__}")
 
-    def _status(self, request_id: int) -> schema.StatusReply:
-        s = self.loop.status()
-        rec = None
-        if self.loop.recorder is not None:
-            r = self.loop.recorder.stats
-            rec = schema.RecorderInfo(
-                written=r.steps_written, dropped=r.steps_dropped, queue=r.queue_depth
+    def _drive(self, envelope: list[bytes], req: schema.Drive) -> None:
+        """Accepted at once and forwarded. A stop is never refused; a drive whose sequence
+        number is not above this client's (this connection's) last one is refused, and says so."""
+        n = len(self.control.state.actions) if self.control.state else 0
+        if req.action is not None and not req.action < n:
+            raise ProtocolError("invalid", f"action {req.action} is outside the table of {n}")
+        client = envelope[0]
+        last = self._clients.get(client)
+        if req.action is not None and last is not None and req.seq <= last:
+            self.stats["drives_refused"] += 1
+            self._send(
+                envelope,
+                schema.DriveReply(
+                    id=req.id,
+                    accepted=False,
+                    mode=self._mode(),
+                    reason=f"stale sequence number {req.seq} (this client's last was {last})",
+                ),
             )
+            return
+        self._clients[client] = max(req.seq, last or 0)
+        self._clients.move_to_end(client)
+        while len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+        self.control.send(ipc.Drive(action=req.action, client=client.hex()))
+        self._send(envelope, schema.DriveReply(id=req.id, accepted=True, mode=self._mode()))
+
+    def _mode(self) -> str:
+        return self._live.get("mode", "paused")
+
+    def _status(self, request_id: int) -> schema.StatusReply:
+        s = self.control.state
+        if s is None:
+            raise ProtocolError("refused", "the control loop has not reported yet; ask again")
+        step = self._live
         return schema.StatusReply(
             id=request_id,
-            mode=s["mode"],
-            episode=s["episode"],
-            step=s["step"],
-            recording=s["recording"],
-            policy_version=s["policy_version"],
-            policy_source=self.policies.source or None,
-            rate_hz=s["rate_hz"],
-            periods=s["periods"],
-            missed_periods=s["missed_periods"],
-            faults=s["faults"],
-            actions=[schema.ActionInfo(**a) for a in self.loop.actions.to_list()],
-            recorder=rec,
+            mode=step.get("mode", s.mode),
+            episode=step.get("episode", s.episode),
+            step=step.get("step", s.step),
+            recording=s.recording,
+            recording_note=s.recording_note,
+            policy_version=s.policy_version,
+            policy_sha256=s.policy_sha256,
+            policy_source=s.policy_source or None,
+            rate_hz=s.rate_hz,
+            periods=step.get("periods", s.periods),
+            missed_periods=step.get("missed_periods", s.missed_periods),
+            faults=s.faults,
+            actions=[schema.ActionInfo(**a) for a in s.actions],
+            recorder=schema.RecorderInfo(**s.recorder) if s.recorder else None,
             cpu_temp_c=self.publisher.cpu_temp_c if self.publisher else None,
             curve=self.config.link.curve,
+            started_at=s.started_at,
             server_time=time.time(),
         )
+
+    def _event(self, kind: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+        """An event of the link's own (a rejected policy): logged and published. Any thread."""
+        log.log(level, "%s: %s", kind, message)
+        payload = {"t": time.time(), "kind": kind, "message": message, **fields}
+        self._hand_over(lambda: self.publisher.publish("event", payload))
 
     # -- replies that come later (loop commands, policy loads) -----------------------
 
@@ -274,22 +338,27 @@ class LinkServer:
         """Answer when ``future`` is done (or with a timeout error); returns its token."""
         self._tokens += 1
         token = self._tokens
-        self._pending[token] = _Pending(envelope, req, time.monotonic() + timeout, reply)
-
-        def done(f: Future, token=token) -> None:  # on the loop or load thread: hand over only
-            self._done.put((token, f))
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"x")
-
-        future.add_done_callback(done)
+        self._pending[token] = _Pending(envelope, req, time.monotonic() + timeout, reply, future)
+        future.add_done_callback(lambda f, token=token: self._hand_over(token, f))
         return token
 
+    def _hand_over(self, *item: Any) -> None:
+        """From any thread to the server thread: (token, future) or a callable."""
+        with self._done_lock:
+            self._done.append(item)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
     def _finish_done(self) -> None:
-        while True:
-            try:
-                token, future = self._done.get_nowait()
-            except queue.Empty:
-                return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._wake_r, 4096)
+        with self._done_lock:
+            done, self._done = self._done, []
+        for item in done:
+            if len(item) == 1:
+                item[0]()
+                continue
+            token, future = item
             if token == self._load_token:  # the load worker is free again (even after a timeout)
                 self._loading, self._load_token = False, None
             pending = self._pending.pop(token, None)
@@ -302,15 +371,6 @@ class LinkServer:
             result = future.result()
         except ProtocolError as exc:
             self._error(pending.envelope, exc.code, exc.message, req.id)
-            return
-        except DaemonStopped as exc:
-            self._error(pending.envelope, "stopped", str(exc), req.id)
-            return
-        except RuntimeError as exc:  # the loop refusing (e.g. recording not configured)
-            self._error(pending.envelope, "refused", str(exc), req.id)
-            return
-        except ValueError as exc:
-            self._error(pending.envelope, "invalid", str(exc), req.id)
             return
         except Exception as exc:
             log.exception("link: %s failed", type(req).__name__)
@@ -325,6 +385,7 @@ class LinkServer:
         for token, p in list(self._pending.items()):
             if now > p.deadline:
                 del self._pending[token]
+                self.control.forget(p.future)
                 name = type(p.request).__struct_config__.tag
                 self._error(
                     p.envelope,
@@ -352,14 +413,7 @@ class LinkServer:
     # -- shutting down ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop serving (the loop may still be running: its telemetry sink is removed first)."""
-        if self.publisher is not None:
-            self.telemetry.remove_sink(self.publisher.sink)
         self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if getattr(self, "_thread", None) is not None:
-            self._thread.join(5)
         self._loader.shutdown(wait=True, cancel_futures=True)
         self.episodes.close()
         self._teardown()
@@ -373,7 +427,6 @@ class LinkServer:
         if self._security is not None:
             self._security.stop()
             self._security = None
-        self._ctx.term()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -395,22 +448,4 @@ def _split(frames: list) -> tuple[list[bytes], memoryview | None]:
     return envelope, body.buffer if isinstance(body, zmq.Frame) else memoryview(body)
 
 
-def _peek_id(body: bytes) -> int:
-    """The id of a request that failed to decode, when it has a usable one."""
-    try:
-        raw = msgspec.msgpack.decode(body) if len(body) <= schema.MAX_COMMAND_BYTES else None
-    except Exception:
-        return 0
-    if isinstance(raw, dict):
-        rid = raw.get("id")
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
-            return rid
-    return 0
-
-
-def start_link(robot) -> LinkServer | None:
-    """The daemon's link, when ``link.enabled``; raises LinkError on a refused or failed bind."""
-    if not robot.config.link.enabled:
-        log.info("link disabled (link.enabled = false)")
-        return None
-    return LinkServer.for_robot(robot)
+__all__ = ["LinkError", "LinkServer"]

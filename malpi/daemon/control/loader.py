@@ -1,0 +1,75 @@
+"""Builds the policies the link has validated, in the control process but off its control thread.
+
+The link process does everything that untrusted bytes cost (inflating,
+checksums, shape checks, test steps) and writes the step model the robot's
+backend runs into the private runtime directory. Here that file is checked
+against the hash the link sent and mapped into a LiteRT interpreter: a few
+milliseconds, and started just after a period ends, so that what it holds of
+the GIL falls into the loop's idle time. The swap itself happens between two
+periods; the old policy is dropped here too, not on the control thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from malpi.policy.runtime import StepPolicy
+from malpi.policy.spec import PolicySpec
+
+log = logging.getLogger(__name__)
+
+
+class PolicyLoader:
+    def __init__(self, backend: str, sample: bool, num_threads: int, idle: threading.Event):
+        self.backend = backend
+        self.sample = sample
+        self.num_threads = num_threads
+        self._idle = idle  # set by the loop between periods
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="malpi-policy-loader")
+
+    def build(
+        self,
+        args: dict[str, Any],
+        done: Callable[[StepPolicy | None, str], None],  # (policy, error): called on this thread
+    ) -> None:
+        self._pool.submit(self._build, args, done)
+
+    def dispose(self, policy: StepPolicy | None) -> None:
+        """Drop a policy here (freeing an interpreter's buffers can take milliseconds)."""
+        if policy is not None:
+            # Held a moment, so that the caller's own references are gone before this one.
+            self._pool.submit(lambda p=policy: time.sleep(0.1))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _build(self, args: dict[str, Any], done) -> None:
+        try:
+            path = Path(args["model"])
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != args["model_sha256"]:
+                raise ValueError(f"{path} is not the model the link validated")
+            spec = PolicySpec.from_dict(args["spec"])
+            self._idle.wait(1.0)  # start at the beginning of the loop's idle time
+            policy = StepPolicy.from_model_file(
+                path,
+                spec,
+                args["version"],
+                args["sha256"],
+                backend=self.backend,
+                sample=self.sample,
+                num_threads=self.num_threads,
+            )
+        except Exception as exc:  # the link validated it: this is a bug or a disk problem
+            log.exception("building the validated policy failed")
+            done(None, f"{type(exc).__name__}: {exc}")
+            return
+        done(policy, "")
