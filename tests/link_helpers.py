@@ -6,9 +6,9 @@ import contextlib
 import functools
 import os
 import threading
-from unittest import mock
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import zmq
 from daemon_helpers import SPEC, robot_config, running_robot
@@ -16,7 +16,6 @@ from policy_helpers import sharpen
 
 from malpi.actions import DEFAULT_ACTIONS
 from malpi.config import config_from_dict
-from malpi.daemon.link.server import LinkServer
 from malpi.operator.client import RobotClient
 from malpi.protocol import schema
 
