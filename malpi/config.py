@@ -151,6 +151,13 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class RealtimeConfig:
+    enabled: bool = True  # ask for a core of its own and a real-time priority, where permitted
+    priority: int = 50  # SCHED_FIFO priority of the control thread; its helper threads get one less
+    cpu: int = -1  # the control process's core; -1 = the last one (when there are two or more)
+
+
+@dataclass(frozen=True)
 class LinkConfig:
     enabled: bool = True  # malpi drive serves the link
     command: str = "tcp://127.0.0.1:5555"  # request/reply command socket
@@ -179,6 +186,7 @@ class Config:
     recording: RecordingConfig = RecordingConfig()
     reward: RewardConfig = RewardConfig()
     link: LinkConfig = LinkConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
     actions: list[dict[str, Any]] = field(default_factory=DEFAULT_ACTIONS.to_list)
 
     @property
@@ -389,6 +397,14 @@ def validate(c: Config) -> None:
     )
     _require(bool(c.policy.store), "policy.store", "must name a directory")
     _require(c.recording.min_free_mb >= 0, "recording.min_free_mb", "must be >= 0")
+    _require(
+        2 <= c.realtime.priority <= 99,
+        "realtime.priority",
+        f"must be in 2..99 (SCHED_FIFO), got {c.realtime.priority}",
+    )
+    _require(
+        c.realtime.cpu >= -1, "realtime.cpu", f"must be a CPU number or -1, got {c.realtime.cpu}"
+    )
     _validate_link(c.link)
     try:
         c.action_table  # noqa: B018 - validates

@@ -1,7 +1,7 @@
 """What the daemon's two child processes (link, recorder) share: start-up, signals, the way home.
 
-The control process starts a child as ``python -m malpi.daemon.link`` (or
-``.recording``) and writes one JSON line to its stdin: the validated
+The control process starts a child as ``python -m malpi.daemon link`` (or
+``recorder``) and writes one JSON line to its stdin: the validated
 configuration, the ``ipc://`` endpoint to connect to and the private runtime
 directory. It keeps stdin open for the child's whole life: end of file means
 the control process has gone (closed it to stop the child, or died, however it
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malpi.config import Config, config_from_dict
+from malpi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def run_child(role: str, main: Callable[[ChildContext], int]) -> None:
     settings = json.loads(line)
     if settings.get("debug"):
         logging.getLogger().setLevel(logging.DEBUG)
+    from malpi.config import config_from_dict
+
     ctx = ChildContext(
         role=role,
         config=config_from_dict(settings["config"]),

@@ -35,6 +35,17 @@ def register(commands, bench) -> None:
     d.add_argument("--quiet", action="store_true", help="no live status line")
     d.set_defaults(func=cmd_drive)
 
+    m = commands.add_parser(
+        "motors", help="the drivetrain on its own (systemd runs 'motors off' after the daemon)"
+    )
+    msub = m.add_subparsers(dest="motors_command", required=True, metavar="ACTION")
+    off = msub.add_parser(
+        "off",
+        help="claim the drivetrain's outputs and drive them to stop (safe after any daemon death)",
+    )
+    add_config_args(off)
+    off.set_defaults(func=cmd_motors_off)
+
     c = commands.add_parser("config", help="show the effective configuration")
     sub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = sub.add_parser("show", help="validate and print the effective configuration as TOML")
@@ -51,6 +62,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
+    from malpi.daemon import realtime
     from malpi.daemon.control.build import build_robot
     from malpi.daemon.control.notify import Notifier
 
@@ -62,8 +74,12 @@ def cmd_drive(args: argparse.Namespace) -> int:
     if args.no_link:
         config = _replace(config, "link", enabled=False)
     notifier = Notifier()
+    child_cpus = None
+    if config.realtime.enabled:  # before any thread exists: they inherit it
+        child_cpus, got = realtime.prepare(config.realtime.priority, config.realtime.cpu)
+        log.info("real-time: %s", got)
     # Binds now (in the link process): a refused or busy address stops here, motors stopped.
-    robot = build_robot(config, notifier=notifier, debug=args.verbose)
+    robot = build_robot(config, notifier=notifier, debug=args.verbose, child_cpus=child_cpus)
     loop = robot.loop
     try:
         if robot.command_endpoint:
@@ -83,6 +99,8 @@ def cmd_drive(args: argparse.Namespace) -> int:
             timer = threading.Timer(args.duration, loop.request_stop, args=("duration reached",))
             timer.daemon = True
             timer.start()
+        if config.realtime.enabled:  # last: threads started after this would inherit it
+            log.info("control thread: %s", realtime.raise_control_thread(config.realtime.priority))
         return loop.run()
     finally:
         robot.close()
@@ -97,6 +115,24 @@ def cmd_drive(args: argparse.Namespace) -> int:
         )
         if robot.recorder is not None:
             log.info("recording: %s", Path(config.recording.path).expanduser())
+
+
+def cmd_motors_off(args: argparse.Namespace) -> int:
+    """What the systemd unit runs after the daemon, however it ended (``ExecStopPost=``): a
+    killed or crashed process runs no ``stop()``, and a GPIO line keeps its last level."""
+    from malpi.daemon.control.build import build_drivetrain
+
+    config = config_from_args(args)
+    if config.drivetrain.backend == "sim":
+        print("the simulated drivetrain has no outputs to stop")
+        return 0
+    drivetrain = build_drivetrain(config)
+    try:
+        drivetrain.stop()
+    finally:
+        drivetrain.close()
+    print(f"{config.drivetrain.backend} drivetrain outputs driven to stop and released")
+    return 0
 
 
 def _replace(config, section: str, **changes):

@@ -17,7 +17,7 @@ has written and whether it can record at all:
 When the control process goes away without saying so (it was killed), the
 running episode is closed as ``interrupted``.
 
-Run by the control process as ``python -m malpi.daemon.recording``.
+Run by the control process as ``python -m malpi.daemon recorder``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import zmq
 
 from malpi.actions import ActionTable
 from malpi.daemon import ipc
-from malpi.daemon.child import ChildContext, run_child
+from malpi.daemon.child import ChildContext
 from malpi.recorder.recorder import EpisodeMeta, Recorder, Step
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,3 @@ def main(ctx: ChildContext) -> int:
     finally:
         sock.close()
         zctx.term()
-
-
-if __name__ == "__main__":
-    run_child("recorder", main)

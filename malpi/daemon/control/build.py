@@ -235,8 +235,10 @@ def build_robot(
     notifier: Notifier | None = None,
     stage_history: list | None = None,
     debug: bool = False,
+    child_cpus: set[int] | None = None,
 ) -> Robot:
-    """Build every part and start the child processes; on any failure close what was built."""
+    """Build every part and start the child processes (on ``child_cpus``, if given); on any
+    failure close what was built."""
     closers: list = []
     try:
         uses_sim = "sim" in (config.camera.backend, config.drivetrain.backend)
@@ -261,10 +263,7 @@ def build_robot(
             rec_port = RecorderPort(zctx, ipc.endpoint(runtime_dir, "recorder"), str(path))
             closers.append(rec_port.close)
             child = ChildProcess(
-                "recorder",
-                "malpi.daemon.recording",
-                {**settings, "endpoint": rec_port.endpoint},
-                None,
+                "recorder", {**settings, "endpoint": rec_port.endpoint}, child_cpus
             )
             children.append((child, rec_port))
             recorder = rec_port
@@ -282,9 +281,7 @@ def build_robot(
                 zctx, ipc.endpoint(runtime_dir, "link"), frame_rate_hz=config.link.frame_rate_hz
             )
             closers.append(link.close)
-            child = ChildProcess(
-                "link", "malpi.daemon.link", {**settings, "endpoint": link.endpoint}, None
-            )
+            child = ChildProcess("link", {**settings, "endpoint": link.endpoint}, child_cpus)
             children.append((child, link))
         telemetry = Telemetry()
         loop = ControlLoop(

@@ -39,11 +39,10 @@ class ChildStartError(RuntimeError):
 
 
 class ChildProcess:
-    """One child process: ``python -m <module>`` with its settings on stdin."""
+    """One child process: ``python -m malpi.daemon ROLE`` with its settings on stdin."""
 
-    def __init__(self, role: str, module: str, settings: dict[str, Any], cpus: set[int] | None):
+    def __init__(self, role: str, settings: dict[str, Any], cpus: set[int] | None):
         self.role = role
-        self.module = module
         self.settings = settings
         self.cpus = cpus
         self.proc: subprocess.Popen | None = None
@@ -53,7 +52,7 @@ class ChildProcess:
         # A session of its own: a terminal's Ctrl-C reaches only the control process, which
         # stops the children in order.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-m", "malpi.daemon", self.role],
             stdin=subprocess.PIPE,
             start_new_session=True,
         )

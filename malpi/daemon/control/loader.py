@@ -33,6 +33,9 @@ class PolicyLoader:
         self.num_threads = num_threads
         self._idle = idle  # set by the loop between periods
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="malpi-policy-loader")
+        # Its thread starts now, from the thread building the daemon: it inherits that thread's
+        # scheduling, not the control thread's higher priority.
+        self._pool.submit(lambda: None).result()
 
     def build(
         self,
