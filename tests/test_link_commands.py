@@ -70,6 +70,26 @@ def test_drive_feeds_the_deadman_and_stops_without_it(daemon):
             c.drive(7)
 
 
+def test_a_stop_is_never_refused_and_sequence_numbers_are_per_client(daemon):
+    """Issue 12.1: one operator's (or a stepped clock's) large sequence numbers neither lock
+    another operator out nor stop a stop; a refused drive says so."""
+    with daemon.client() as a, daemon.client() as b:
+        a.set_mode("auto")
+        wait_until(lambda: moving(daemon.factory))
+        assert a.drive(2, seq=10**15).accepted  # e.g. the old wall-clock microseconds
+        assert b.drive(2, seq=1).accepted  # another operator counts from 1: its own order
+        refused = a.drive(2, seq=5)  # a's own clock stepped back
+        assert not refused.accepted and "stale sequence number 5" in refused.reason
+        time.sleep(0.1)
+        stop = a.drive(None, seq=3)  # stale too, but a stop
+        assert stop.accepted
+        wait_until(lambda: not moving(daemon.factory), 4 * PERIOD + 0.1)
+        wait_until(lambda: daemon.link.stats.get("drives_refused", 0) >= 1, 2.0)  # heartbeats
+        c = daemon.client()  # a new connection starts its own count
+        assert c.drive(None).accepted and c.drive(2).accepted
+        c.close()
+
+
 def test_episodes_and_recording(daemon, tmp_path):
     loop = daemon.robot.loop
     with daemon.client() as c:

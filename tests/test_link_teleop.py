@@ -139,3 +139,20 @@ def test_gamepad_stick_and_stop_button():
     ui.held = {pygame.K_LEFT}  # the keyboard wins over the stick
     ui.joystick = Pad(x=1.0)
     assert choose_action(TABLE, *ui.wish()[1:]) == 0
+
+
+def test_a_refused_drive_is_shown(tmp_path):
+    """The operator sees a refused drive (issue 12.1) in the window's event strip."""
+    with running_link(link_config(tmp_path)) as d, d.client() as client:
+        ui = Teleop(client, size=(320, 240), fps=60)
+        try:
+            client.drive(None, seq=10**6)  # this connection's counter is far ahead...
+            client._last_seq = 0  # ...and the client forgot (a restarted counter, a bug)
+            key(pygame.KEYDOWN, pygame.K_m)
+            run_for(ui, 0.2)
+            key(pygame.KEYDOWN, pygame.K_UP)
+            wait_until(lambda: (ui.step(), any("refused" in e for e in ui.events))[1], 2.0, 0)
+            assert any("stale sequence number" in e for e in ui.events)
+            assert not moving(d.factory)
+        finally:
+            ui.close()

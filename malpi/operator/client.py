@@ -142,12 +142,13 @@ class RobotClient:
     ) -> schema.DriveReply:
         """Drive with an action index (None = stop). Repeat at >= 10 Hz: the deadman stops the car.
 
-        Sequence numbers are microseconds since the epoch by default, so a new
-        session is never mistaken for a stale one.
+        Sequence numbers count up from 1 on this client's connection (the robot orders each
+        connection's commands on its own; no clock is involved). A stop is never refused. A
+        refused drive comes back with ``accepted`` false and the reason.
         """
         if seq is None:
-            seq = max(self._last_seq + 1, time.time_ns() // 1000)
-        self._last_seq = seq
+            seq = self._last_seq + 1
+        self._last_seq = max(seq, self._last_seq)
         return self.request(
             schema.Drive(v=schema.PROTOCOL_VERSION, action=action, seq=seq), timeout
         )

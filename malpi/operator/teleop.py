@@ -212,9 +212,11 @@ class Teleop:
         action = None if stop else choose_action(self.actions, steer, throttle)
         t0 = time.perf_counter()
         try:
-            self.client.drive(action, timeout=DRIVE_TIMEOUT)
+            reply = self.client.drive(action, timeout=DRIVE_TIMEOUT)
             self.rtt_ms = (time.perf_counter() - t0) * 1000
             self.link_ok = True
+            if not reply.accepted:
+                self.events.append(f"drive refused: {reply.reason}")
         except LinkTimeout:
             self.link_ok = False
         except RobotError as exc:
