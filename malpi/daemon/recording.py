@@ -11,8 +11,8 @@ has written and whether it can record at all:
   event, and back on when this process reports room again (32 MB above the
   floor, so that it does not flap);
 - a writer that fails (a full disk despite the floor, an I/O error) is
-  reported the same way and reopened when there is room again or when the
-  operator asks to record again, never by crashing.
+  reported the same way and reopened when the disk has gained 32 MB since, or
+  when the operator asks to record again; nothing here crashes.
 
 When the control process goes away without saying so (it was killed), the
 running episode is closed as ``interrupted``.
@@ -53,6 +53,7 @@ class RecorderProcess:
         self.dropped = 0  # steps this process dropped (no room, no episode, bad step)
         self._last_reopen = 0.0
         self._episode_from_control: int | None = None
+        self._failed_free: float | None = None  # free MB when the writer failed
         self._check_disk()
 
     def serve(self) -> None:
@@ -177,15 +178,22 @@ class RecorderProcess:
                 self.recorder.end_episode("finished")
 
     def _maybe_reopen(self, now: float, force: bool = False) -> None:
-        """A failed writer is replaced when there is room again (or when asked)."""
-        if self.recorder.error is None or self.disk_low and not force:
+        """A failed writer is replaced when asked, or by itself once the disk has gained room
+        since it failed (what fails for another reason waits for the operator)."""
+        if self.recorder.error is None:
+            self._failed_free = None
             return
-        if not force and now - self._last_reopen < REOPEN_INTERVAL:
-            return
+        if self._failed_free is None:
+            self._failed_free = self.free_mb
+        if not force:
+            room = self.free_mb >= self._failed_free + HYSTERESIS_MB and not self.disk_low
+            if not room or now - self._last_reopen < REOPEN_INTERVAL:
+                return
         self._last_reopen = now
         self.recorder.close()
         try:
             self.recorder = Recorder(self.path)
+            self._failed_free = None
             log.info("recorder reopened %s", self.path)
         except Exception as exc:  # still broken: say so at the next heartbeat, try again later
             log.warning("recorder could not reopen %s: %s", self.path, exc)
