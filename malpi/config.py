@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class LoopConfig:
     rate_hz: float = 20.0  # control periods per second
+    trigger: str = "frame"  # frame: a period starts when a new frame arrives; timer: by the clock
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class PolicyConfig:
     sample: bool = False  # draw actions from the probabilities instead of argmax
     num_threads: int = 1
     store: str = "~/.local/share/malpi/policies"  # bundles accepted over the link + history
+    allow_rate_mismatch: bool = False  # drive a policy trained at another control rate
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,14 @@ class Config:
     @property
     def action_table(self) -> ActionTable:
         return ActionTable.from_list(self.actions)
+
+    def bundle_expectations(self) -> dict[str, Any]:
+        """What a policy bundle must fit to drive this robot (PolicyBundle.from_bytes's checks)."""
+        return {
+            "expected_actions": self.action_table,
+            "expected_image": (self.camera.height, self.camera.width),
+            "expected_control_hz": None if self.policy.allow_rate_mismatch else self.loop.rate_hz,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -281,6 +291,11 @@ def validate(c: Config) -> None:
     _require(
         0 < c.loop.rate_hz <= 200, "loop.rate_hz", f"must be in (0, 200], got {c.loop.rate_hz}"
     )
+    _require(
+        c.loop.trigger in ("frame", "timer"),
+        "loop.trigger",
+        f"must be frame or timer, got {c.loop.trigger!r}",
+    )
     _require(c.safety.max_frame_age_ms > 0, "safety.max_frame_age_ms", "must be positive")
     _require(c.safety.deadman_ms > 0, "safety.deadman_ms", "must be positive")
     _require(c.safety.max_overruns >= 1, "safety.max_overruns", "must be at least 1")
@@ -293,6 +308,12 @@ def validate(c: Config) -> None:
     )
     _require(cam.width > 0 and cam.height > 0, "camera.width", "width and height must be positive")
     _require(cam.fps > 0, "camera.fps", "must be positive")
+    _require(
+        cam.fps >= c.loop.rate_hz,
+        "camera.fps",
+        f"{cam.fps:g} is below loop.rate_hz = {c.loop.rate_hz:g}: the policy would see "
+        "the same frame twice",
+    )
     if cam.crop:
         _require(len(cam.crop) == 4, "camera.crop", "must be [] or [left, top, right, bottom]")
         left, top, right, bottom = cam.crop

@@ -82,7 +82,7 @@ def test_config_show_prints_the_effective_config(tmp_path):
             "--config",
             str(p),
             "--set",
-            "camera.fps=15",
+            "camera.fps=45",
         ],
         capture_output=True,
         text=True,
@@ -90,7 +90,7 @@ def test_config_show_prints_the_effective_config(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     shown = tomllib.loads(out.stdout)
-    assert shown["loop"]["rate_hz"] == 30.0 and shown["camera"]["fps"] == 15.0
+    assert shown["loop"]["rate_hz"] == 30.0 and shown["camera"]["fps"] == 45.0
     assert shown["drivetrain"]["differential"]["left_forward"] == 17 and len(shown["actions"]) == 5
 
 
@@ -140,3 +140,9 @@ def test_every_key_is_documented():
         if f"`{key}`" not in doc and f"[[{key}]]" not in doc:
             missing.append(section + key)
     assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_the_camera_must_keep_up_with_the_loop():
+    """Below the loop's rate the LSTM would see frames twice (issue 12.5)."""
+    with pytest.raises(ConfigError, match="camera.fps: 15 is below loop.rate_hz = 30"):
+        load_config(None, {"loop.rate_hz": 30.0, "camera.fps": 15.0})

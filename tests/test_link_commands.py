@@ -220,3 +220,25 @@ def test_a_slow_subscriber_never_stalls_the_loop(tmp_path):
         time.sleep(5 * PERIOD)
         with d.client() as c:
             assert c.status().faults == {} and c.status().mode == "auto"
+
+
+def test_a_bug_in_the_links_housekeeping_does_not_end_it(tmp_path):
+    """Issue 12.6: the link is the only way to re-arm (or pause) the car; an exception in its
+    serving loop is logged and serving goes on."""
+    with running_link(link_config(tmp_path), in_process=True) as d, d.client() as c:
+        server = d.link.server
+        real = server._expire
+        failures = []
+
+        def buggy():
+            if len(failures) < 3:
+                failures.append(1)
+                raise RuntimeError("a bug in housekeeping")
+            real()
+
+        server._expire = buggy
+        wait_until(lambda: len(failures) == 3, 2.0)
+        assert c.ping()
+        assert c.set_mode("auto").mode == "auto"
+        wait_until(lambda: moving(d.factory))
+        assert c.set_mode("paused").mode == "paused"

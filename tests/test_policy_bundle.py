@@ -139,3 +139,41 @@ def test_model_that_does_not_fit_the_spec_is_rejected(data):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(BundleError, match="nope.malpi"):
         PolicyBundle.load(tmp_path / "nope.malpi")
+
+
+def test_a_bundle_knows_its_control_rate_and_a_robot_at_another_refuses_it(data):
+    """Issue 12.5: a policy's LSTM has learnt a control period; driving it at another is refused
+    unless asked for. A bundle that does not know its rate (made before, or untrained) passes."""
+    at_20 = rezip(data, manifest_edit=lambda m: m.update(control_hz=20.0))
+    assert PolicyBundle.from_bytes(at_20, expected_control_hz=20.0).control_hz == 20.0
+    with pytest.raises(BundleError, match="trained at 20 Hz, the robot's loop runs at 30 Hz"):
+        PolicyBundle.from_bytes(at_20, expected_control_hz=30.0)
+    assert PolicyBundle.from_bytes(at_20).control_hz == 20.0  # nothing expected: fine
+    unknown = rezip(data, manifest_edit=lambda m: m.pop("control_hz"))
+    assert PolicyBundle.from_bytes(unknown, expected_control_hz=30.0).control_hz is None
+    with pytest.raises(BundleError, match="control_hz must be in"):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=lambda m: m.update(control_hz=-5)))
+    with pytest.raises(BundleError, match="'control_hz' has the wrong type"):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=lambda m: m.update(control_hz="20")))
+
+
+def test_the_daemon_refuses_a_policy_trained_at_another_rate(tmp_path, data):
+    from malpi.config import load_config
+    from malpi.daemon.control.build import load_policy_bundle
+
+    path = tmp_path / "p.malpi"
+    path.write_bytes(rezip(data, manifest_edit=lambda m: m.update(control_hz=20.0)))
+    size = {"camera.height": TINY_SPEC.image_height, "camera.width": TINY_SPEC.image_width}
+    at_30 = {"policy.path": str(path), "loop.rate_hz": 30.0, **size}
+    with pytest.raises(BundleError, match="policy.allow_rate_mismatch"):
+        load_policy_bundle(load_config(None, at_30))
+    bundle, _ = load_policy_bundle(load_config(None, {**at_30, "policy.allow_rate_mismatch": True}))
+    assert bundle.control_hz == 20.0
+
+
+def test_the_shipped_default_was_trained_at_the_simulators_20_hz():
+    from malpi.policy.store import shipped_policy
+    from malpi.sim import DEFAULT_DT
+
+    shipped = PolicyBundle.from_bytes(shipped_policy().read_bytes(), check_models=False)
+    assert shipped.control_hz == 1 / DEFAULT_DT == 20.0

@@ -68,6 +68,10 @@ _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "provenance": dict,
     "payloads": dict,
 }
+# Fields a bundle may lack (it was made before they existed).
+_OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "control_hz": (int, float, type(None)),  # the control rate it was trained at; null: unknown
+}
 
 
 class BundleError(ValueError):
@@ -101,6 +105,12 @@ class PolicyBundle:
         return self.manifest["version"]
 
     @property
+    def control_hz(self) -> float | None:
+        """The control rate the policy was trained at (its LSTM has learnt that period)."""
+        hz = self.manifest.get("control_hz")
+        return None if hz is None else float(hz)
+
+    @property
     def label(self) -> str:
         """Short human-readable identity, e.g. ``v3-1a2b3c4d``."""
         return f"v{self.version}-{self.id[:8]}"
@@ -116,7 +126,10 @@ class PolicyBundle:
         provenance: dict[str, Any],
         version: int = 1,
         parent: str | None = None,
+        control_hz: float | None = None,
     ) -> PolicyBundle:
+        if control_hz is not None and not 0 < control_hz <= 1000:
+            raise ValueError(f"control_hz must be in (0, 1000], got {control_hz}")
         weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         buf = io.BytesIO()
         np.savez(buf, **weights)
@@ -131,6 +144,7 @@ class PolicyBundle:
             "spec": spec.to_dict(),
             "actions": actions.to_list(),
             "provenance": provenance,
+            "control_hz": None if control_hz is None else float(control_hz),
             "payloads": {
                 name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                 for name, data in payloads.items()
@@ -171,11 +185,13 @@ class PolicyBundle:
         expected_actions: ActionTable | None = None,
         expected_image: tuple[int, int] | None = None,
         check_models: bool = True,
+        expected_control_hz: float | None = None,
     ) -> PolicyBundle:
         """Parse and validate a bundle completely; raise BundleError naming the first problem.
 
-        ``expected_actions`` / ``expected_image``: what the robot is configured for;
-        a bundle trained for another action table or camera size is rejected.
+        ``expected_actions`` / ``expected_image`` / ``expected_control_hz``: what the robot
+        is configured for; a bundle trained for another action table, camera size or control
+        rate is rejected (a bundle that does not know its rate passes the last check).
         """
         if len(data) > MAX_BUNDLE_BYTES:
             raise BundleError(
@@ -210,6 +226,17 @@ class PolicyBundle:
                     f"image size mismatch: the policy takes {got[0]}x{got[1]}, "
                     f"the camera is configured for {expected_image[0]}x{expected_image[1]}"
                 )
+        hz = manifest.get("control_hz")
+        if (
+            expected_control_hz is not None
+            and hz is not None
+            and abs(hz - expected_control_hz) > 1e-6
+        ):
+            raise BundleError(
+                f"control rate mismatch: the policy was trained at {hz:g} Hz, the robot's loop "
+                f"runs at {expected_control_hz:g} Hz (loop.rate_hz; set "
+                "policy.allow_rate_mismatch = true to drive it anyway)"
+            )
         bundle = cls(
             manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files, data
         )
@@ -316,7 +343,14 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
         value = manifest[key]
         if not isinstance(value, types) or (isinstance(value, bool) and types is int):
             raise BundleError(f"manifest {key!r} has the wrong type ({type(value).__name__})")
-    unknown = set(manifest) - set(_MANIFEST_FIELDS)
+    for key, types in _OPTIONAL_FIELDS.items():
+        value = manifest.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise BundleError(f"manifest {key!r} has the wrong type ({type(value).__name__})")
+    hz = manifest.get("control_hz")
+    if hz is not None and not 0 < hz <= 1000:
+        raise BundleError(f"manifest control_hz must be in (0, 1000], got {hz}")
+    unknown = set(manifest) - set(_MANIFEST_FIELDS) - set(_OPTIONAL_FIELDS)
     if unknown:
         raise BundleError(f"manifest has unknown field(s) {sorted(unknown)}")
     return manifest

@@ -85,6 +85,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     obs = "x".join(map(str, spec.observation_shape))
     print(f"bundle      {args.bundle}  (valid)")
     print(f"policy      {bundle.label}  parent={m['parent']}  created={m['created']}")
+    print(f"identity    sha256 {bundle.sha256}")
+    rate = f"{bundle.control_hz:g} Hz" if bundle.control_hz else "unknown (any loop.rate_hz)"
+    print(f"trained at  {rate}")
     if spec.is_image:
         print(
             f"input       {obs} image  conv={[(c.filters, c.kernel, c.stride) for c in spec.conv]}"

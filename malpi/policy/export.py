@@ -41,8 +41,12 @@ def make_bundle(
     version: int = 1,
     parent: str | None = None,
     check_parity: bool = True,
+    control_hz: float | None = None,
 ) -> PolicyBundle:
-    """A complete bundle for ``net``; raises if LiteRT float disagrees with Keras."""
+    """A complete bundle for ``net``; raises if LiteRT float disagrees with Keras.
+
+    ``control_hz``: the control rate the training data ran at (None: unknown, e.g. untrained);
+    the robot refuses to drive it at another rate unless told to."""
     if len(actions) != net.spec.num_actions:
         raise ValueError(
             f"the action table has {len(actions)} actions but the policy outputs {net.spec.num_actions}"
@@ -56,6 +60,7 @@ def make_bundle(
         provenance=provenance or {},
         version=version,
         parent=parent,
+        control_hz=control_hz,
     )
     if check_parity:
         diff = float_parity(net, bundle)

@@ -290,6 +290,7 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
                     "mean_return": round(float(np.mean(returns)), 4),
                 },
                 version=bundle.version + 1,
+                control_hz=bundle.control_hz,  # it learnt from the robot, driving at that rate
                 parent=bundle.id,
             )
             if cfg.out_dir:

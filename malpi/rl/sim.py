@@ -100,6 +100,7 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
         make_sequences,
         rollout_gae,
     )
+    from malpi.sim import DEFAULT_DT
 
     bundle = policy if isinstance(policy, PolicyBundle) else PolicyBundle.load(policy)
     if not bundle.spec.is_image:
@@ -172,4 +173,5 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
         },
         version=bundle.version + 1,
         parent=bundle.id,
+        control_hz=1.0 / DEFAULT_DT,  # TrackEnv's step
     )

@@ -26,6 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from malpi.actions import DEFAULT_ACTIONS, ActionTable
+from malpi.sim import DEFAULT_DT
 from malpi.sim.augment import Appearance, Randomization
 from malpi.sim.car import CarParams
 from malpi.sim.expert import Expert
@@ -48,7 +49,7 @@ class TrackEnv(gym.Env):
         drivetrain: str = "steering",
         car: CarParams | None = None,
         camera: CameraSpec | None = None,
-        dt: float = 0.05,
+        dt: float = DEFAULT_DT,
         max_steps: int = 1000,
         random_start: bool = True,
         random_direction: bool = True,

@@ -616,14 +616,18 @@ def export_bundle(
     provenance: dict[str, Any] | None = None,
     version: int = 1,
     parent: str | None = None,
+    control_hz: float | None = None,
 ) -> PolicyBundle:
-    """A bundle of these weights (float and int8 LiteRT, parity-checked), saved to ``out``."""
+    """A bundle of these weights (float and int8 LiteRT, parity-checked), saved to ``out``;
+    ``control_hz``: the rate the training data ran at."""
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
 
     net = build_policy(spec)  # a fresh, undistributed copy: the converter wants plain variables
     net.set_named_weights(weights)
-    bundle = make_bundle(net, actions, provenance or {}, version=version, parent=parent)
+    bundle = make_bundle(
+        net, actions, provenance or {}, version=version, parent=parent, control_hz=control_hz
+    )
     bundle.save(out)
     log.info("bundle %s -> %s (%d bytes)", bundle.label, out, Path(out).stat().st_size)
     return bundle

@@ -295,7 +295,7 @@ def cmd_bc(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.train.bc import Trainer, export_bundle
     from malpi.train.distribute import make_strategy
-    from malpi.train.episodes import load_episodes, split_episodes
+    from malpi.train.episodes import data_control_hz, load_episodes, split_episodes
 
     spec, weights, workdir, meta = _train(args, args.out)
     actions = meta["parent"].actions if meta["parent"] else DEFAULT_ACTIONS
@@ -317,6 +317,7 @@ def cmd_bc(args: argparse.Namespace) -> int:
         {**meta["provenance"], "best_val_nll": progress.best_val_nll, "epochs": progress.epoch},
         version=parent.version + 1 if parent else 1,
         parent=parent.id if parent else None,
+        control_hz=data_control_hz(episodes),
     )
     print(f"wrote {args.out} ({bundle.label})")
     return 0
@@ -369,6 +370,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
         },
         version=parent.version + 1 if parent else 1,
         parent=parent.id if parent else None,
+        control_hz=1.0 / config.sim.dt,
     )
     print(f"wrote {args.out} ({bundle.label})")
     return 0

@@ -41,7 +41,7 @@ def compare_state_modes(
     from malpi.train.bc import Trainer, export_bundle
     from malpi.train.data import FrameTable, lane_plan
     from malpi.train.distribute import make_strategy
-    from malpi.train.episodes import load_episodes, split_episodes
+    from malpi.train.episodes import data_control_hz, load_episodes, split_episodes
     from malpi.train.evaluate import evaluate_bundle
 
     spec, actions = DEFAULT_SPEC, DEFAULT_ACTIONS
@@ -68,7 +68,12 @@ def compare_state_modes(
         seconds = time.monotonic() - started
         final = progress.history[-1] if progress.history else {}
         bundle = export_bundle(
-            trainer.weights(), spec, actions, workdir / mode / "policy.malpi", {"mode": mode}
+            trainer.weights(),
+            spec,
+            actions,
+            workdir / mode / "policy.malpi",
+            {"mode": mode},
+            control_hz=data_control_hz(episodes),
         )
         report, _ = evaluate_bundle(bundle, backend=backend, seeds=tracks, held_out=[])
         rows[mode] = {

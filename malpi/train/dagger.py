@@ -216,7 +216,12 @@ def dagger(
             stats = json.loads(marker.read_text())
         else:
             bundle = export_bundle(
-                weights, spec, actions, itdir / "policy.malpi", {"dagger_iteration": it}
+                weights,
+                spec,
+                actions,
+                itdir / "policy.malpi",
+                {"dagger_iteration": it},
+                control_hz=1.0 / config.sim.dt,
             )
             chunk = seeds[it * config.episodes : (it + 1) * config.episodes]
             if len(chunk) < config.episodes:

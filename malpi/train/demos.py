@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, ActionTable
+from malpi.sim import DEFAULT_DT
 from malpi.train.episodes import LABELS_KEY
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class SimSetup:
     car: str = "differential"  # the daemon's simulated car (malpi.config SimConfig.car)
     car_noise: float = 1.0  # trim, gain errors, speed and yaw noise (1 = the sim's default)
     randomize: float = 0.5  # fraction of episodes with randomised lighting/colour/blur/noise
-    dt: float = 0.05  # control period (s): the daemon's 20 Hz loop
+    dt: float = DEFAULT_DT  # control period (s): the daemon's 20 Hz loop
     image: tuple[int, int] = (120, 160)  # camera (height, width): the policy's input
 
     def make_env(self, track_seed: int, steps: int, randomize: bool, actions: ActionTable):

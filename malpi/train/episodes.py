@@ -71,6 +71,7 @@ class Episode:
     sources: np.ndarray  # str (T,): human | policy | intervention
     labelled: bool = False  # targets are expert labels, not the actions taken
     info: dict[str, Any] = field(default_factory=dict)  # e.g. the simulator's track seed
+    control_hz: float | None = None  # the control rate it was recorded at, where known
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -167,9 +168,33 @@ def read_store(
                     sources=data.sources,
                     labelled=labels is not None,
                     info=dict(info.config.get("simulator", {})),
+                    control_hz=recorded_control_hz(info.config),
                 )
             )
     return episodes
+
+
+def recorded_control_hz(config: dict[str, Any]) -> float | None:
+    """The control rate an episode ran at, from its recorded configuration: the daemon's
+    ``loop.rate_hz``, or the simulator's ``dt``."""
+    rate = config.get("loop", {}).get("rate_hz") if isinstance(config.get("loop"), dict) else None
+    sim = config.get("simulator")
+    if rate is None and isinstance(sim, dict) and sim.get("dt"):
+        rate = 1.0 / float(sim["dt"])
+    return None if rate is None else round(float(rate), 6)
+
+
+def data_control_hz(episodes: Sequence[Episode]) -> float | None:
+    """The one control rate the training data ran at (the trained policy's), or None when it is
+    unknown or mixed (said in the log: a policy learns the period it is shown)."""
+    rates = {e.control_hz for e in episodes if e.control_hz is not None}
+    if len(rates) == 1:
+        return rates.pop()
+    if len(rates) > 1:
+        log.warning(
+            "the training data mixes control rates %s Hz: the bundle records none", sorted(rates)
+        )
+    return None
 
 
 def read_demonstration(

@@ -193,7 +193,9 @@ def run_recipe(
     }
     bundle = stages.run(
         "export",
-        lambda: export_bundle(load_weights(final), spec, actions, out, provenance),
+        lambda: export_bundle(
+            load_weights(final), spec, actions, out, provenance, control_hz=1.0 / sim.dt
+        ),
     )
 
     # 5. evaluation

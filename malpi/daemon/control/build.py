@@ -79,10 +79,7 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
     validation is an error: the daemon must not silently drive another policy.
     A stored policy that fails validation is skipped with a warning.
     """
-    expect = {
-        "expected_actions": config.action_table,
-        "expected_image": (config.camera.height, config.camera.width),
-    }
+    expect = config.bundle_expectations()
     if config.policy.path:
         path = Path(config.policy.path).expanduser()
         return PolicyBundle.load(path, **expect), str(path)
@@ -293,6 +290,7 @@ def build_robot(
                 max_frame_age=config.safety.max_frame_age_ms / 1000,
                 deadman=config.safety.deadman_ms / 1000,
                 max_overruns=config.safety.max_overruns,
+                trigger=config.loop.trigger,
             ),
             policy=policy,
             recorder=recorder,

@@ -60,6 +60,7 @@ class LoopSettings:
     deadman: float = 0.3  # s: manual mode stops without a drive command this recent
     max_overruns: int = 5  # consecutive overrun periods before the loop stops the car
     status_interval: float = 1.0  # s between status messages
+    trigger: str = "frame"  # frame: a period starts when a new frame arrives; timer: on the clock
 
     @property
     def period(self) -> float:
@@ -133,6 +134,8 @@ class ControlLoop:
         self.prev_action = NO_ACTION
         self.started_at: float | None = None  # wall clock of the first period
         self.listening_since = 0.0  # when the loop last read its children's ports
+        self._frame_index = -1  # the frame the last period used
+        self._last_start: float | None = None
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._operator: OperatorCommand | None = None  # the latest drive command
         self._thread_errors: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
@@ -276,7 +279,10 @@ class ControlLoop:
                 else:
                     self.stats.overrun_streak = 0
                     self._feed_watchdog(now)
-                    time.sleep(next_tick - now)
+                    if self.settings.trigger == "frame":
+                        next_tick = self._wait_for_frame(next_tick, period)
+                    else:
+                        time.sleep(next_tick - now)
             return 0
         except BaseException as exc:
             self.drivetrain.stop()
@@ -300,6 +306,7 @@ class ControlLoop:
 
         # 1. The newest frame, and whether it is fresh enough to act on.
         frame = self.camera.latest()
+        self._frame_index = frame.index if frame is not None else -1
         t_frame = time.monotonic()
         age = t_frame - frame.timestamp if frame is not None else math.inf
         if age > self.settings.max_frame_age:
@@ -379,6 +386,9 @@ class ControlLoop:
         }
         if frame is not None:
             stages["frame_to_motor"] = (t_act - frame.timestamp) * 1000
+        if self._last_start is not None:
+            stages["period"] = (t0 - self._last_start) * 1000  # since the previous period began
+        self._last_start = t0
         self.telemetry.publish(
             "step",
             {
@@ -405,6 +415,19 @@ class ControlLoop:
         if action is not None:
             self.step_index += 1
         self._maybe_status(t0)
+
+    def _wait_for_frame(self, due: float, period: float) -> float:
+        """Frame-synchronous timing: the next period starts as soon as a new frame arrives,
+        but not before a quarter period ahead of ``due`` (a faster camera is down-sampled)
+        and not after a quarter period past it (a late or dead camera cannot hold the loop:
+        the period runs with the newest frame, and the stale-frame rule judges it). Returns
+        when the period starts: the schedule follows the camera's clock."""
+        earliest, latest = due - period / 4, due + period / 4
+        now = time.monotonic()
+        if now < earliest:
+            time.sleep(earliest - now)
+        self.camera.wait_newer(self._frame_index, max(0.0, latest - time.monotonic()))
+        return time.monotonic()
 
     # -- pieces of a period ------------------------------------------------------
 

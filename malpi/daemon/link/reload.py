@@ -154,11 +154,7 @@ class PolicyManager:
         """Validate completely; ProtocolError("rejected") says why not."""
         c = self.config
         try:
-            return PolicyBundle.from_bytes(
-                data,
-                expected_actions=c.action_table,
-                expected_image=(c.camera.height, c.camera.width),
-            )
+            return PolicyBundle.from_bytes(data, **c.bundle_expectations())
         except Exception as exc:  # BundleError, or anything else untrusted bytes provoke
             reason = str(exc) if isinstance(exc, BundleError) else f"unreadable bundle: {exc!r}"
             raise self._reject(reason if what == "bundle" else f"{what}: {reason}") from exc

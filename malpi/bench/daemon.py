@@ -1,0 +1,217 @@
+"""The daemon as the benchmarks run it: ``malpi drive`` itself, in processes of its own, as the
+systemd unit starts it (``Nice=-5``, real-time scheduling as permitted), watched from outside
+over its link like any operator would, with CPU hogs beside it when asked.
+
+What the benchmarks read comes from the daemon's own telemetry: every ``step`` message carries
+the period's stage times, its frame-to-motor latency and the length of the period; ``status``
+carries the missed periods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NICE = -5  # systemd/malpi.service's Nice=
+ENDPOINTS = re.compile(r"link: commands on (\S+), telemetry on (\S+)")
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+class BenchDaemon:
+    """``malpi drive`` started with ``overrides`` (``--set``), until :meth:`stop`."""
+
+    def __init__(self, overrides: dict[str, Any], mode: str = "auto", timeout: float = 120.0):
+        args = [sys.executable, "-m", "malpi", "drive", "--quiet", "--mode", mode]
+        for key, value in overrides.items():
+            args += ["--set", f"{key}={toml_value(value)}"]
+        self.log: list[str] = []
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_as_the_unit,  # noqa: PLW1509 - no threads exist yet in this process
+        )
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        self.command = self.telemetry = None
+        while self.command is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not start:\n" + "\n".join(self.log[-30:]))
+            for line in list(self.log):
+                m = ENDPOINTS.search(line)
+                if m:
+                    self.command, self.telemetry = m.groups()
+            time.sleep(0.05)
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip())
+            del self.log[:-2000]
+
+    def client(self, **kw: Any):
+        from malpi.operator.client import RobotClient
+
+        kw.setdefault("insecure", True)
+        return RobotClient(command=self.command, telemetry=self.telemetry, **kw)
+
+    def pids(self) -> dict[str, int]:
+        """The control process and its children, by role."""
+        out = {"control": self.proc.pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid and b"malpi.daemon" in cmdline:
+                out[cmdline[-2].decode()] = int(stat.parent.name)
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: as Ctrl-C, a clean stop
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+def _as_the_unit() -> None:
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Watcher:
+    """Collects the daemon's step telemetry and samples its processes' memory, in a thread."""
+
+    def __init__(self, daemon: BenchDaemon, rss_interval: float = 0.5):
+        self.daemon = daemon
+        self.steps: list[tuple[float, dict[str, float]]] = []  # (time received, latency_ms)
+        self.events: list[Any] = []
+        self.rss: dict[str, list[tuple[float, float]]] = {}
+        self._rss_interval = rss_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-watcher", daemon=True)
+
+    def start(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        client = self.daemon.client()
+        client.subscribe(["step", "event"])
+        next_rss = 0.0
+        try:
+            while not self._stop.is_set():
+                msg = client.receive(0.05)
+                now = time.monotonic()
+                if msg is not None:
+                    topic, body = msg
+                    if topic == "step":
+                        self.steps.append((now, dict(body.latency_ms)))
+                    else:
+                        self.events.append(body)
+                if now >= next_rss:
+                    next_rss = now + self._rss_interval
+                    for role, pid in self.daemon.pids().items():
+                        mb = rss_mb(pid)
+                        if mb is not None:
+                            self.rss.setdefault(role, []).append((now, mb))
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def window(self, t0: float, t1: float) -> list[dict[str, float]]:
+        return [lat for t, lat in self.steps if t0 <= t <= t1]
+
+
+def pct(values, q) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+OVERHEAD_STAGES = ("capture_wait", "preprocess", "actuation", "record", "publish")
+
+
+def summarise_steps(steps: list[dict[str, float]], rate_hz: float) -> dict[str, Any]:
+    """Stage, overhead, frame-to-motor and period figures of the steps' latency_ms."""
+    period_ms = 1000.0 / rate_hz
+    periods = [s["period"] for s in steps if "period" in s]
+    overhead = [sum(s.get(k, 0.0) for k in OVERHEAD_STAGES) for s in steps]
+    f2m = [s["frame_to_motor"] for s in steps if "frame_to_motor" in s]
+    stages = {
+        k: {
+            "median_ms": pct([s[k] for s in steps if k in s], 50),
+            "p99_ms": pct([s[k] for s in steps if k in s], 99),
+        }
+        for k in (*OVERHEAD_STAGES[:2], "inference", *OVERHEAD_STAGES[2:])
+    }
+    return {
+        "steps": len(steps),
+        "overhead_median_ms": pct(overhead, 50),
+        "overhead_p99_ms": pct(overhead, 99),
+        "frame_to_motor_median_ms": pct(f2m, 50),
+        "frame_to_motor_p99_ms": pct(f2m, 99),
+        "period_max_ms": round(max(periods), 3) if periods else None,
+        "jitter_median_ms": pct(np.abs(np.array(periods) - period_ms), 50),
+        "jitter_p99_ms": pct(np.abs(np.array(periods) - period_ms), 99),
+        "stages": stages,
+    }
+
+
+class Hogs:
+    """``n`` processes each keeping a core busy (an unrelated program on the Pi)."""
+
+    def __init__(self, n: int):
+        self.procs = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)
+        ]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def hogs(n: int) -> Iterator[Hogs]:
+    h = Hogs(n)
+    try:
+        yield h
+    finally:
+        h.stop()
