@@ -201,3 +201,37 @@ def test_the_documents_python_client_drives_the_robot(tmp_path, monkeypatch):
                 scope["ctx"].destroy(linger=0)
         assert printed and printed[-1][:2] == ("manual", "human")
         assert "human" in seen and d.robot.loop.mode == "paused" and not moving(d.factory)
+
+
+def test_too_large_and_other_errors_echo_the_request_id():
+    """Issue 11.6: a too_large reply carried id 0; a bundle just over 64 MiB was 'rejected'."""
+    with pytest.raises(schema.ProtocolError) as info:
+        schema.decode_request(
+            msgspec.msgpack.encode({"type": "ping", "v": 1, "id": 41, "pad": "x" * 70000})
+        )
+    assert (info.value.code, info.value.request_id) == ("too_large", 41)
+    over = schema.encode(schema.LoadPolicy(v=1, id=42, bundle=bytes(schema.MAX_BUNDLE_BYTES + 1)))
+    with pytest.raises(schema.ProtocolError) as info:
+        schema.decode_request(over)
+    assert (info.value.code, info.value.request_id) == ("too_large", 42)
+    assert "a bundle may be at most" in info.value.message
+    with pytest.raises(schema.ProtocolError) as info:
+        schema.decode_request(msgspec.msgpack.encode({"type": "record", "v": 1, "id": 43, "on": 5}))
+    assert (info.value.code, info.value.request_id) == ("invalid", 43)
+
+
+def test_decode_bombs_are_refused_without_being_built():
+    """A load_policy whose bundle is 16 MiB of empty arrays (a list each, decoded naively: about
+    900 MB) is refused at its first element, and its id still echoed."""
+    import resource
+
+    from malpi.bench.attacks import array_bomb
+
+    bomb = array_bomb(16 * 1024 * 1024)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(schema.ProtocolError) as info:
+        schema.decode_request(bomb)
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert (info.value.code, info.value.request_id) == ("invalid", 7)
+    assert "Expected `bytes`, got `array`" in info.value.message
+    assert grew_mb < 50, f"decoding the bomb grew the peak memory by {grew_mb:.0f} MB"

@@ -1,4 +1,4 @@
-"""``malpi bench loop`` and ``malpi bench link``: the daemon measured as it runs."""
+"""``malpi bench loop | link | stress | ipc``: the daemon measured as it runs, and what it rests on."""
 
 from __future__ import annotations
 
@@ -7,17 +7,27 @@ import argparse
 
 def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
     b = bench.add_parser(
-        "loop", help="the daemon on the simulator: period jitter and per-stage latency"
+        "loop",
+        help="malpi drive on the simulator: missed periods, stage latency, frame to motor "
+        "(frame-synchronous and fixed-timer loops side by side)",
     )
     b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
-    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive (default 60)")
+    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive each way (60)")
+    b.add_argument(
+        "--trigger",
+        choices=("frame", "timer", "both"),
+        default="both",
+        help="which loop timing to measure (default both)",
+    )
+    _busy(b)
     b.add_argument(
         "--config", metavar="FILE", help="base configuration (camera/drivetrain are forced to sim)"
     )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench_loop)
+
     b = bench.add_parser(
-        "link", help="command round trip (plain, CURVE), telemetry throughput, reload stall"
+        "link", help="command round trip (plain, CURVE), telemetry throughput, reload stall, pull"
     )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
@@ -27,7 +37,58 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
     b.add_argument(
         "--no-seed", action="store_true", help="skip the 5.9 M-parameter seed-size bundle"
     )
+    _busy(b)
     b.set_defaults(func=cmd_bench_link)
+
+    b = bench.add_parser(
+        "stress",
+        help="the daemon under attack: CPU hogs, a request flood, 1,100 idle connections, "
+        "hot loads, a zip bomb and a pull, all at once",
+    )
+    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    b.add_argument("--seconds", type=float, default=60.0, help="how long the attack lasts (60)")
+    b.add_argument("--connections", type=int, default=1100, help="idle TCP connections (1100)")
+    b.add_argument("--loads", type=int, default=10, help="seed-size bundles hot-loaded (10)")
+    b.add_argument("--hogs", type=int, default=2, help="CPU hog processes (2)")
+    b.add_argument(
+        "--small", action="store_true", help="load the default-size bundle (no TensorFlow needed)"
+    )
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_stress)
+
+    b = bench.add_parser(
+        "ipc", help="ways to move a control period's step between processes (what it costs)"
+    )
+    b.add_argument("--messages", type=int, default=3000, help="messages as fast as possible")
+    b.add_argument("--paced", type=int, default=300, help="messages at the control rate")
+    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_ipc)
+
+
+def _busy(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N CPU hogs beside the daemon (the Pi is never idle; default 0)",
+    )
+
+
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from malpi.bench import loop as bench
+
+    triggers = ("frame", "timer") if args.trigger == "both" else (args.trigger,)
+    bench.run(
+        rate_hz=args.rate,
+        seconds=args.seconds,
+        json_path=args.json,
+        config_path=args.config,
+        busy=args.busy,
+        triggers=triggers,
+    )
+    return 0
 
 
 def cmd_bench_link(args: argparse.Namespace) -> int:
@@ -40,12 +101,28 @@ def cmd_bench_link(args: argparse.Namespace) -> int:
         json_path=args.json,
         seed_size=not args.no_seed,
         policy=args.policy,
+        busy=args.busy,
     )
     return 0
 
 
-def cmd_bench_loop(args: argparse.Namespace) -> int:
-    from malpi.bench import loop as bench
+def cmd_bench_stress(args: argparse.Namespace) -> int:
+    from malpi.bench import stress
 
-    bench.run(rate_hz=args.rate, seconds=args.seconds, json_path=args.json, config_path=args.config)
+    result = stress.run(
+        rate_hz=args.rate,
+        seconds=args.seconds,
+        connections=args.connections,
+        loads=args.loads,
+        hogs=args.hogs,
+        seed_size=not args.small,
+        json_path=args.json,
+    )
+    return 0 if result["targets_met"] else 1
+
+
+def cmd_bench_ipc(args: argparse.Namespace) -> int:
+    from malpi.bench import ipc
+
+    ipc.run(messages=args.messages, paced=args.paced, rate_hz=args.rate, json_path=args.json)
     return 0

@@ -37,8 +37,18 @@ def toml_value(v: Any) -> str:
 class BenchDaemon:
     """``malpi drive`` started with ``overrides`` (``--set``), until :meth:`stop`."""
 
-    def __init__(self, overrides: dict[str, Any], mode: str = "auto", timeout: float = 120.0):
+    def __init__(
+        self,
+        overrides: dict[str, Any],
+        mode: str = "auto",
+        config: str | None = None,
+        timeout: float = 120.0,
+        default_keys: dict[str, Any] | None = None,
+    ):
+        self.default_keys = default_keys or {"insecure": True}
         args = [sys.executable, "-m", "malpi", "drive", "--quiet", "--mode", mode]
+        if config:
+            args += ["--config", config]
         for key, value in overrides.items():
             args += ["--set", f"{key}={toml_value(value)}"]
         self.log: list[str] = []
@@ -71,7 +81,9 @@ class BenchDaemon:
     def client(self, **kw: Any):
         from malpi.operator.client import RobotClient
 
-        kw.setdefault("insecure", True)
+        kw = {**self.default_keys, **kw}
+        if "client_key" in kw:
+            kw["insecure"] = False
         return RobotClient(command=self.command, telemetry=self.telemetry, **kw)
 
     def pids(self) -> dict[str, int]:

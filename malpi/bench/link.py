@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from malpi.bench.daemon import BenchDaemon, Watcher, hogs
+
 log = logging.getLogger(__name__)
 
 
@@ -36,39 +38,36 @@ def run(
     seed_size: bool = True,
     policy: str | None = None,
     pull_drive_s: float = 20.0,
+    busy: int = 0,
 ) -> dict[str, Any]:
     """Run it all; ``policy``: a bundle to drive and reload (default: the daemon's usual policy);
-    ``pull_drive_s``: seconds driven (and recorded) before the pull."""
+    ``pull_drive_s``: seconds driven (and recorded) before the pull; ``busy``: CPU hogs beside."""
+    from malpi.bench.loop import daemon_overrides
     from malpi.config import load_config
 
-    result: dict[str, Any] = {"rate_hz": rate_hz}
-    with tempfile.TemporaryDirectory() as tmp:
+    result: dict[str, Any] = {"rate_hz": rate_hz, "busy": busy}
+    with tempfile.TemporaryDirectory() as tmp, hogs(busy):
         tmp_path = Path(tmp)
-        base = {
-            "camera.backend": "sim",
-            "drivetrain.backend": "sim",
-            "loop.rate_hz": rate_hz,
-            "camera.fps": max(30.0, rate_hz),
-            "recording.enabled": True,
-            "recording.path": str(tmp_path / "bench.sqlite"),
-            "policy.store": str(tmp_path / "store"),
-            "link.command": "tcp://127.0.0.1:*",
-            "link.telemetry": "tcp://127.0.0.1:*",
-        }
+        base = daemon_overrides(tmp_path, rate_hz)
         files = _bundle_files(tmp_path, load_config(None, base), seed_size, policy)
         # The daemon boots from the first bundle's file, as a robot boots from its store.
-        config = load_config(None, {**base, **_policy_overrides(files[0][1])})
+        base.update(_policy_overrides(files[0][1]))
         bundles = [(name, path.read_bytes()) for name, path in files]
-        with _curve_daemon(config, tmp_path) as (curve_robot, keys):
-            result.update(_round_trips(curve_robot, requests, "rtt_curve", keys))
-        history: list[dict[str, float]] = []
-        with _daemon(config, history) as robot:
-            result.update(_round_trips(robot, requests, "rtt"))
-            result.update(_throughput(robot))
-            result.update(_reloads(robot, robot, history, bundles, reloads, rate_hz))
+        with _curve_daemon(base, tmp_path) as (curve, keys):
+            result.update(_round_trips(curve, requests, "rtt_curve", keys))
+        daemon = BenchDaemon(base)
+        watcher = Watcher(daemon).start()
+        try:
+            result.update(_round_trips(daemon, requests, "rtt"))
+            result.update(_throughput(load_config(None, base)))
+            result.update(_reloads(daemon, watcher, bundles, reloads, rate_hz))
             pulled = tmp_path / "pulled.sqlite"
-            result.update(_pull(robot, robot, history, pulled, rate_hz, pull_drive_s))
-            result["policy"] = robot.loop.policy.version if robot.loop.policy else None
+            result.update(_pull(daemon, watcher, pulled, rate_hz, pull_drive_s))
+            with daemon.client() as c:
+                result["policy"] = c.status().policy_version
+        finally:
+            watcher.stop()
+            daemon.stop()
     print(format_table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
@@ -147,14 +146,11 @@ def _pct(values, q) -> float | None:
     return round(float(np.percentile(values, q)), 3) if len(values) else None
 
 
-def _round_trips(link, n: int, prefix: str, keys: dict | None = None) -> dict[str, Any]:
+def _round_trips(daemon, n: int, prefix: str, keys: dict | None = None) -> dict[str, Any]:
     from malpi.operator.client import RobotClient
 
     client = RobotClient(
-        command=link.command_endpoint,
-        telemetry=link.telemetry_endpoint,
-        insecure=keys is None,
-        **(keys or {}),
+        command=daemon.command, telemetry=daemon.telemetry, insecure=keys is None, **(keys or {})
     )
     try:
         for _ in range(100):  # warm up: connect, handshake, caches
@@ -176,56 +172,43 @@ def _round_trips(link, n: int, prefix: str, keys: dict | None = None) -> dict[st
 
 
 @contextlib.contextmanager
-def _daemon(config, history: list | None = None):
-    """The daemon (its three processes), its loop on a thread of this one."""
-    from malpi.daemon.control.build import build_robot
-
-    robot = build_robot(config, stage_history=history)
-    thread = threading.Thread(
-        target=robot.loop.run, kwargs={"install_signal_handlers": False}, daemon=True
-    )
-    thread.start()
-    try:
-        yield robot
-    finally:
-        robot.loop.request_stop("bench over")
-        thread.join(10)
-        robot.close()
-
-
-@contextlib.contextmanager
-def _curve_daemon(config, tmp: Path):
+def _curve_daemon(base: dict[str, Any], tmp: Path):
     """The same daemon with CURVE on, one client authorised, nothing recorded."""
-    import dataclasses
-
     from malpi.protocol.keys import authorize, init_keys
 
     keys = tmp / "keys"
     server = init_keys(keys, "server")
     client = init_keys(tmp / "client-keys", "client")
     authorize(str(client.path), keys / "authorized")
-    link_cfg = dataclasses.replace(config.link, curve=True, keys_dir=str(keys))
-    recording = dataclasses.replace(config.recording, path="")
-    with _daemon(dataclasses.replace(config, link=link_cfg, recording=recording)) as robot:
+    daemon = BenchDaemon(
+        {**base, "link.curve": True, "link.keys_dir": str(keys), "recording.path": ""}
+    )
+    try:
         yield (
-            robot,
+            daemon,
             {"server_key": server.path, "client_key": tmp / "client-keys/client.key_secret"},
         )
+    finally:
+        daemon.stop()
 
 
-def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
-    """Messages/s and MB/s from a publisher to one subscriber, for step- and frame-sized messages."""
+def _throughput(config, seconds: float = 1.5) -> dict[str, Any]:
+    """Messages/s and MB/s from the link's publisher to one subscriber, for step- and frame-sized
+    messages (a simulator frame as JPEG)."""
     import dataclasses
 
     import zmq
 
-    from malpi.daemon.link.server import TelemetryPublisher
+    from malpi.daemon.link.publisher import TelemetryPublisher
     from malpi.protocol import schema
     from malpi.recorder.codec import encode_jpeg
+    from malpi.sim.render import CameraSpec
+    from malpi.sim.world import World
 
-    link = dataclasses.replace(robot.config.link, telemetry_hwm=10000, curve=False)
-    frame = robot.camera.latest()
-    jpeg = encode_jpeg(frame.image, link.frame_jpeg_quality)
+    link = dataclasses.replace(config.link, telemetry_hwm=10000, curve=False)
+    world = World(1000, camera=CameraSpec(height=config.camera.height, width=config.camera.width))
+    image = world.render()
+    jpeg = encode_jpeg(image, link.frame_jpeg_quality)
     frame_body = schema.encode(
         schema.FrameMsg(
             v=1,
@@ -233,8 +216,8 @@ def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
             index=0,
             episode=1,
             step=0,
-            width=frame.image.shape[1],
-            height=frame.image.shape[0],
+            width=image.shape[1],
+            height=image.shape[0],
             encoding="jpeg",
             data=jpeg,
         )
@@ -291,12 +274,10 @@ def _throughput(robot, seconds: float = 1.5) -> dict[str, Any]:
     return out
 
 
-def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dict[str, Any]:
+def _reloads(daemon, watcher, bundles, reloads: int, rate_hz: float) -> dict[str, Any]:
     """Bundles pushed from another process (as from the trainer's machine) while driving in auto."""
     import subprocess
     import sys
-
-    from malpi.operator.client import RobotClient
 
     if not bundles:
         return {"reload_missed_periods": None, "reload_max_period_ms": None, "reloads": 0}
@@ -313,7 +294,7 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
         [
             sys.executable,
             "-c",
-            f"from malpi.bench.link import _pusher; _pusher({link.command_endpoint!r})",
+            f"from malpi.bench.link import _pusher; _pusher({daemon.command!r})",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -323,37 +304,37 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     windows: list[tuple[float, float]] = []
     by_name: dict[str, list[tuple[float, float]]] = {}
     try:
-        with RobotClient(command=link.command_endpoint, insecure=True) as client:
+        with daemon.client() as client:
             client.set_mode("auto")
-        pusher.stdin.write("ready\n")
-        pusher.stdin.flush()
-        pusher.stdout.readline()  # the pusher has started and connected
-        time.sleep(0.5)
-        # As long as the loads will take, without them: the machine's own noise, for comparison.
-        quiet_s = max(2.0, reloads * len(files) * 0.6)
-        missed_before = robot.loop.stats.missed_periods
-        quiet = (time.monotonic(), time.monotonic() + quiet_s)
-        time.sleep(quiet_s)
-        missed_quiet = robot.loop.stats.missed_periods
-        for name, pair, size in files:
-            load_ms = []
-            for k in range(reloads):
-                path = pair[k % 2]
-                t0 = time.monotonic()
-                pusher.stdin.write(f"{path}\n")
-                pusher.stdin.flush()
-                reply = json.loads(pusher.stdout.readline())
-                windows.append((t0, time.monotonic()))
-                by_name.setdefault(name, []).append(windows[-1])
-                if "error" in reply:
-                    raise RuntimeError(f"loading {name} failed: {reply['error']}")
-                if reply["version"] == reply["previous"]:  # a no-op would measure nothing
-                    raise RuntimeError(f"loading {name} did not swap: {reply['version']} ran")
-                load_ms.append(reply["load_ms"])
-                time.sleep(0.3)
-            per_bundle[name] = {"bytes": size, "load_ms_median": _pct(load_ms, 50)}
-        time.sleep(0.2)
-        missed = robot.loop.stats.missed_periods - missed_quiet
+            pusher.stdin.write("ready\n")
+            pusher.stdin.flush()
+            pusher.stdout.readline()  # the pusher has started and connected
+            time.sleep(0.5)
+            # As long as the loads will take, without them: the machine's own noise.
+            quiet_s = max(2.0, reloads * len(files) * 0.6)
+            missed_before = client.status().missed_periods
+            quiet = (time.monotonic(), time.monotonic() + quiet_s)
+            time.sleep(quiet_s)
+            missed_quiet = client.status().missed_periods
+            for name, pair, size in files:
+                load_ms = []
+                for k in range(reloads):
+                    path = pair[k % 2]
+                    t0 = time.monotonic()
+                    pusher.stdin.write(f"{path}\n")
+                    pusher.stdin.flush()
+                    reply = json.loads(pusher.stdout.readline())
+                    windows.append((t0, time.monotonic()))
+                    by_name.setdefault(name, []).append(windows[-1])
+                    if "error" in reply:
+                        raise RuntimeError(f"loading {name} failed: {reply['error']}")
+                    if reply["version"] == reply["previous"]:  # a no-op would measure nothing
+                        raise RuntimeError(f"loading {name} did not swap: {reply['version']} ran")
+                    load_ms.append(reply["load_ms"])
+                    time.sleep(0.3)
+                per_bundle[name] = {"bytes": size, "load_ms_median": _pct(load_ms, 50)}
+            time.sleep(0.2)
+            missed = client.status().missed_periods - missed_quiet
     finally:
         pusher.stdin.close()
         pusher.wait(30)
@@ -361,14 +342,13 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
             for path in pair:
                 path.unlink(missing_ok=True)
         tmp.rmdir()
-    starts = np.array([h["start"] for h in history])
-    intervals = np.diff(starts) * 1000
 
     def periods_in(spans):
+        slack = 2 / rate_hz
         return [
-            intervals[i - 1]
-            for i in range(1, len(starts))
-            if any(a <= starts[i] <= b + 2 / rate_hz for a, b in spans)
+            lat["period"]
+            for t, lat in watcher.steps
+            if "period" in lat and any(a <= t <= b + slack for a, b in spans)
         ]
 
     during, baseline = periods_in(windows), periods_in([quiet])
@@ -387,46 +367,46 @@ def _reloads(robot, link, history, bundles, reloads: int, rate_hz: float) -> dic
     }
 
 
-def _pull(robot, link, history, dest: Path, rate_hz: float, drive_s: float) -> dict[str, Any]:
+def _pull(daemon, watcher, dest: Path, rate_hz: float, drive_s: float) -> dict[str, Any]:
     """Everything recorded so far, pulled by another process while the policy drives."""
     import subprocess
     import sys
 
-    from malpi.operator.client import RobotClient
-
-    with RobotClient(command=link.command_endpoint, insecure=True) as client:
+    with daemon.client() as client:
         client.set_mode("auto")
         time.sleep(drive_s)  # a longer episode to pull
         client.end_episode("finished")  # ended, so that it can be pulled
-    robot.loop.recorder.flush()
-    missed_before = robot.loop.stats.missed_periods
-    t0 = time.monotonic()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json; from malpi.operator.client import RobotClient; "
-            "from malpi.operator.pull import pull_episodes; "
-            f"c = RobotClient(command={link.command_endpoint!r}, insecure=True); "
-            f"r = pull_episodes(c, {str(dest)!r}); "
-            "print(json.dumps([sum(p.steps for p in r.pulled), sum(p.bytes for p in r.pulled), "
-            "len(r.pulled), r.seconds])); c.close()",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    t1 = time.monotonic()
+        time.sleep(1.0)  # its end is written
+        missed_before = client.status().missed_periods
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json; from malpi.operator.client import RobotClient; "
+                "from malpi.operator.pull import pull_episodes; "
+                f"c = RobotClient(command={daemon.command!r}, insecure=True); "
+                f"r = pull_episodes(c, {str(dest)!r}, wait=10); "
+                "print(json.dumps([sum(p.steps for p in r.pulled), sum(p.bytes for p in r.pulled), "
+                "len(r.pulled), r.seconds])); c.close()",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        t1 = time.monotonic()
+        missed = client.status().missed_periods - missed_before
     steps, size, episodes, seconds = json.loads(out.stdout.strip().splitlines()[-1])
-    starts = np.array([h["start"] for h in history])
-    during = np.diff(starts)[(starts[1:] >= t0) & (starts[1:] <= t1 + 2 / rate_hz)] * 1000
+    during = [
+        lat["period"] for t, lat in watcher.steps if "period" in lat and t0 <= t <= t1 + 2 / rate_hz
+    ]
     return {
         "pull_episodes": episodes,
         "pull_steps": steps,
         "pull_steps_per_s": round(steps / seconds, 1) if seconds else None,
         "pull_mb_per_s": round(size / 1e6 / seconds, 2) if seconds else None,
-        "pull_missed_periods": int(robot.loop.stats.missed_periods - missed_before),
-        "pull_max_period_ms": round(float(during.max()), 3) if len(during) else None,
+        "pull_missed_periods": int(missed),
+        "pull_max_period_ms": round(float(max(during)), 3) if during else None,
     }
 
 
@@ -476,7 +456,8 @@ def format_table(r: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = [
-        f"Link on loopback, daemon on the simulator at {r['rate_hz']:g} Hz (policy {r.get('policy')})",
+        f"Link on loopback, malpi drive on the simulator at {r['rate_hz']:g} Hz (policy "
+        f"{r.get('policy')}), {r.get('busy', 0)} CPU hog(s) beside it",
         f"{'command round trip':<28}{'median ms':>12}{'p99 ms':>10}",
     ]
     for prefix, label in (("rtt", "plain"), ("rtt_curve", "CURVE")):

@@ -1,19 +1,44 @@
-"""``malpi bench loop``: the daemon on the simulator, recording and telemetry on, timed stage by stage."""
+"""``malpi bench loop``: ``malpi drive`` on the simulator, recording and telemetry on, timed stage by stage.
+
+The daemon runs as the robot runs it (its three processes, ``Nice=-5``, real-time scheduling
+where permitted) and is measured from its own telemetry: every step message carries the
+period's stage times, frame-to-motor latency and period length. Both ways of timing the loop
+are measured side by side: frame-synchronous (a period starts when a new frame arrives, the
+default) and on a fixed timer. ``busy`` CPU hogs run beside it when asked: the Pi is never idle.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from malpi.bench.daemon import BenchDaemon, Watcher, hogs, summarise_steps
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture_wait", "preprocess", "inference", "actuation", "record", "publish")
+TRIGGERS = ("frame", "timer")
+WARM_UP = 3.0  # s after start-up before measuring
+
+
+def daemon_overrides(tmp: str | Path, rate_hz: float) -> dict[str, Any]:
+    """The simulator, recording to ``tmp``, the link on free loopback ports."""
+    return {
+        "camera.backend": "sim",
+        "drivetrain.backend": "sim",
+        "loop.rate_hz": rate_hz,
+        "camera.fps": max(30.0, rate_hz),
+        "recording.enabled": True,
+        "recording.path": str(Path(tmp) / "bench.sqlite"),
+        "policy.store": str(Path(tmp) / "store"),
+        # The shipped policy learnt 20 Hz; this measures timing, not driving.
+        "policy.allow_rate_mismatch": True,
+        "link.command": "tcp://127.0.0.1:*",
+        "link.telemetry": "tcp://127.0.0.1:*",
+    }
 
 
 def run(
@@ -21,109 +46,83 @@ def run(
     seconds: float = 60.0,
     json_path: str | None = None,
     config_path: str | None = None,
+    busy: int = 0,
+    triggers: tuple[str, ...] = TRIGGERS,
 ) -> dict[str, Any]:
-    from malpi.config import load_config
-    from malpi.daemon.control.build import build_robot
-
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(
-            config_path,
-            {
-                "camera.backend": "sim",
-                "drivetrain.backend": "sim",
-                "loop.rate_hz": rate_hz,
-                "camera.fps": max(30.0, rate_hz),
-                "recording.enabled": True,
-                "recording.path": str(Path(tmp) / "bench.sqlite"),
-            },
-        )
-        history: list[dict[str, float]] = []
-        robot = build_robot(config, stage_history=history)
-        publisher = _telemetry_publisher(robot, config)
-        try:
-            robot.loop.set_mode("auto")
-            timer = threading.Timer(seconds, robot.loop.request_stop, args=("bench over",))
-            timer.start()
-            robot.loop.run(install_signal_handlers=False)
-            timer.cancel()
-            stats = robot.recorder.stats if robot.recorder else None
-        finally:
-            if publisher is not None:
-                publisher.close()
-            robot.close()
-    result = summarise(history, rate_hz, robot.loop.stats.missed_periods)
-    result["policy"] = robot.loop.policy.version if robot.loop.policy else None
-    result["telemetry"] = "zeromq" if publisher is not None else "in-process"
-    if stats is not None:
-        result["recorded_steps"] = stats.steps_written
-        result["dropped_steps"] = stats.steps_dropped
-    print(format_table(result))
+    result: dict[str, Any] = {"target_rate_hz": rate_hz, "seconds": seconds, "busy": busy}
+    with hogs(busy):
+        for trigger in triggers:
+            result[trigger] = measure(rate_hz, seconds, trigger, config_path)
+    result["policy"] = next(
+        (result[t]["policy"] for t in triggers if result[t].get("policy")), None
+    )
+    print(format_table(result, triggers))
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _telemetry_publisher(robot, config):
-    """The link's real ZeroMQ publisher when the link is installed, so its cost is measured."""
-    try:
-        from malpi.daemon.link.server import TelemetryPublisher
-    except ImportError:
-        return None
-    import dataclasses
-
-    # Any free port: a daemon already serving the configured one must not stop the bench.
-    publisher = TelemetryPublisher(dataclasses.replace(config.link, telemetry="tcp://127.0.0.1:*"))
-    robot.telemetry.add_sink(publisher.sink)
-    return publisher
-
-
-def summarise(history: list[dict[str, float]], rate_hz: float, missed: int) -> dict[str, Any]:
-    warm = history[int(rate_hz) :] or history  # skip the first second (start-up)
-    starts = np.array([h["start"] for h in warm])
-    intervals = np.diff(starts) * 1000.0
-    period_ms = 1000.0 / rate_hz
-
-    def pct(values, q):
-        return round(float(np.percentile(values, q)), 3) if len(values) else None
-
-    stages = {
-        s: {"median_ms": pct([h[s] for h in warm], 50), "p99_ms": pct([h[s] for h in warm], 99)}
-        for s in STAGES
-    }
-    overhead = [sum(h[s] for s in STAGES if s != "inference") for h in warm]
-    f2m = [h["frame_to_motor"] for h in warm if "frame_to_motor" in h]
-    return {
-        "rate_hz": round(len(intervals) / (starts[-1] - starts[0]), 3) if len(starts) > 1 else 0.0,
-        "target_rate_hz": rate_hz,
-        "periods": len(history),
-        "missed_periods": missed,
-        "jitter_p99_ms": pct(np.abs(intervals - period_ms), 99),
-        "jitter_median_ms": pct(np.abs(intervals - period_ms), 50),
-        "overhead_median_ms": pct(overhead, 50),
-        "overhead_p99_ms": pct(overhead, 99),
-        "frame_to_motor_median_ms": pct(f2m, 50),
-        "frame_to_motor_p99_ms": pct(f2m, 99),
-        "stages": stages,
-    }
+def measure(
+    rate_hz: float, seconds: float, trigger: str, config_path: str | None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = {**daemon_overrides(tmp, rate_hz), "loop.trigger": trigger}
+        daemon = BenchDaemon(overrides, config=config_path)
+        try:
+            watcher = Watcher(daemon).start()
+            time.sleep(WARM_UP)
+            with daemon.client() as c:
+                before = c.status()
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            t1 = time.monotonic()
+            with daemon.client() as c:
+                after = c.status()
+            watcher.stop()
+        finally:
+            daemon.stop()
+    r = summarise_steps(watcher.window(t0, t1), rate_hz)
+    periods = after.periods - before.periods
+    r.update(
+        rate_hz=round(periods / (t1 - t0), 3),
+        periods=periods,
+        missed_periods=after.missed_periods - before.missed_periods,
+        recorded_steps=after.recorder.written if after.recorder else None,
+        dropped_steps=after.recorder.dropped if after.recorder else None,
+        policy=after.policy_version,
+    )
+    return r
 
 
-def format_table(r: dict[str, Any]) -> str:
+def format_table(r: dict[str, Any], triggers: tuple[str, ...] = TRIGGERS) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    def pair(m, k):
+        return f"{f(m.get(k + '_median_ms'))} / {f(m.get(k + '_p99_ms'))}"
+
+    def stage(m, k):
+        return f"{f(m['stages'][k]['median_ms'])} / {f(m['stages'][k]['p99_ms'])}"
+
+    names = {"frame": "frame-synchronous", "timer": "fixed timer"}
     lines = [
-        f"Control loop on the simulator: {r['periods']} periods at {r['rate_hz']} Hz "
-        f"(target {r['target_rate_hz']} Hz), missed periods: {r['missed_periods']}",
-        f"policy {r['policy']}, telemetry {r['telemetry']}, recorded {r.get('recorded_steps')} steps "
-        f"(dropped {r.get('dropped_steps')})",
-        f"{'stage':<22}{'median ms':>12}{'p99 ms':>10}",
+        f"malpi drive on the simulator at {r['target_rate_hz']:g} Hz, {r['seconds']:g} s per way, "
+        f"{r['busy']} CPU hog(s) beside it, policy {r.get('policy')}",
+        f"{'':<32}" + "".join(f"{names[t]:>24}" for t in triggers),
     ]
-    for s in STAGES:
-        lines.append(
-            f"{s:<22}{r['stages'][s]['median_ms']:>12.3f}{r['stages'][s]['p99_ms']:>10.3f}"
-        )
-    lines.append(
-        f"{'overhead (all but inference)':<22}{r['overhead_median_ms']:>6.3f}{r['overhead_p99_ms']:>10.3f}"
-    )
-    lines.append(
-        f"{'frame to motor':<22}{r['frame_to_motor_median_ms']:>12.3f}{r['frame_to_motor_p99_ms']:>10.3f}"
-    )
-    lines.append(f"{'period jitter':<22}{r['jitter_median_ms']:>12.3f}{r['jitter_p99_ms']:>10.3f}")
+    rows = [
+        ("periods (rate Hz)", lambda m: f"{m['periods']} ({f(m['rate_hz'])})"),
+        ("missed periods", lambda m: f(m["missed_periods"])),
+        ("overhead median / p99 ms", lambda m: pair(m, "overhead")),
+        ("inference median / p99 ms", lambda m: stage(m, "inference")),
+        ("frame to motor median / p99 ms", lambda m: pair(m, "frame_to_motor")),
+        ("period jitter median / p99 ms", lambda m: pair(m, "jitter")),
+        ("longest period ms", lambda m: f(m["period_max_ms"])),
+        ("recorded steps (dropped)", lambda m: f"{m['recorded_steps']} ({m['dropped_steps']})"),
+    ]
+    for label, cell in rows:
+        lines.append(f"{label:<32}" + "".join(f"{cell(r[t]):>24}" for t in triggers))
+    lines.append("stages of a period, median / p99 ms:")
+    for name in r[triggers[0]]["stages"]:
+        lines.append(f"  {name:<30}" + "".join(f"{stage(r[t], name):>24}" for t in triggers))
     return "\n".join(lines)

@@ -382,55 +382,88 @@ _reply_decoder = msgspec.msgpack.Decoder(AnyReply)
 _telemetry_decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TELEMETRY_TYPES.items()}
 
 
-class _Head(Struct):
-    """The three fields every request has, each kept as raw msgpack: decoding it never builds
-    the rest of the message (unknown fields are skipped, not materialised)."""
-
-    type: msgspec.Raw = msgspec.Raw(b"")
-    v: msgspec.Raw = msgspec.Raw(b"")
-    id: msgspec.Raw = msgspec.Raw(b"")
-
-
-_head_decoder = msgspec.msgpack.Decoder(_Head)
-_str_decoder = msgspec.msgpack.Decoder(str)
-_uint_decoder = msgspec.msgpack.Decoder(UInt)
-_int_decoder = msgspec.msgpack.Decoder(int)
-
-
 def encode(msg: Struct) -> bytes:
     return _encoder.encode(msg)
 
 
+PEEK_ENTRIES = 8  # map entries request_head looks at
+
+
 def request_head(data: bytes | memoryview) -> tuple[str | None, int | None, int]:
-    """(type, v, id) of a request as far as they can be read, each None (id 0) if not.
+    """(type, v, id) of a request as far as its first few map entries show them, each None
+    (id 0) if not; ProtocolError("malformed") when it is not a msgpack map at all.
 
-    Typed and bounded: a field that is not what it should be is not decoded any further, and
-    the rest of the message is skipped without building anything. Raises ProtocolError
-    ("malformed") when the message is not a msgpack map at all.
+    Constant work whatever the message: it reads at most PEEK_ENTRIES entries and stops at the
+    first value that is not a small scalar, so that a bomb is never walked to learn an id.
+    Every client that encodes ``type``, ``v`` and ``id`` first (as this module does) is seen.
     """
-    try:
-        head = _head_decoder.decode(data)
-    except RecursionError:
-        raise ProtocolError("malformed", TOO_DEEP) from None
-    except msgspec.DecodeError as exc:
-        if "Expected `object`" in str(exc):
-            raise ProtocolError("malformed", "a request is a msgpack map") from None
-        raise ProtocolError("malformed", f"not a msgpack message: {exc}") from None
-
-    def field(raw: msgspec.Raw, decoder: msgspec.msgpack.Decoder) -> Any:
-        if not len(raw):
-            return None
-        try:
-            return decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError):
-            return None
-
-    kind, v, rid = (
-        field(head.type, _str_decoder),
-        field(head.v, _int_decoder),
-        field(head.id, _uint_decoder),
+    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    found: dict[str, Any] = {}
+    n, pos = _map_header(buf)
+    for _ in range(min(n, PEEK_ENTRIES)):
+        key, pos = _small_scalar(buf, pos)
+        if not isinstance(key, str):
+            break
+        value, pos = _small_scalar(buf, pos)
+        if value is _STOP:
+            break
+        found.setdefault(key, value)
+    kind, v, rid = found.get("type"), found.get("v"), found.get("id")
+    return (
+        kind if isinstance(kind, str) else None,
+        v if isinstance(v, int) and not isinstance(v, bool) else None,
+        rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else 0,
     )
-    return kind, (None if isinstance(v, bool) else v), rid or 0
+
+
+_STOP = object()
+
+
+def _map_header(buf) -> tuple[int, int]:
+    if not len(buf):
+        raise ProtocolError("malformed", "an empty message")
+    b = buf[0]
+    if 0x80 <= b <= 0x8F:
+        return b & 0x0F, 1
+    if b == 0xDE and len(buf) >= 3:
+        return int.from_bytes(buf[1:3], "big"), 3
+    if b == 0xDF and len(buf) >= 5:
+        return int.from_bytes(buf[1:5], "big"), 5
+    if b in (0xC1, 0xDE, 0xDF):
+        raise ProtocolError("malformed", f"not a msgpack message (byte 0x{b:02x})")
+    raise ProtocolError("malformed", "a request is a msgpack map")
+
+
+def _small_scalar(buf, pos: int) -> tuple[Any, int]:
+    """The msgpack value at ``pos`` if it is an int, nil, bool or a string of up to 255 bytes
+    (and where the next value starts); ``_STOP`` for anything else."""
+    if pos >= len(buf):
+        return _STOP, pos
+    b = buf[pos]
+    if b <= 0x7F:
+        return b, pos + 1
+    if b >= 0xE0:
+        return b - 0x100, pos + 1
+    if b == 0xC0:
+        return None, pos + 1
+    if b in (0xC2, 0xC3):
+        return b == 0xC3, pos + 1
+    if 0xCC <= b <= 0xD3:  # uint8..64, int8..64
+        size = 1 << ((b - 0xCC) % 4)
+        raw = bytes(buf[pos + 1 : pos + 1 + size])
+        if len(raw) < size:
+            return _STOP, pos
+        return int.from_bytes(raw, "big", signed=b >= 0xD0), pos + 1 + size
+    if 0xA0 <= b <= 0xBF or b == 0xD9:
+        size, start = (b & 0x1F, pos + 1) if b != 0xD9 else (buf[pos + 1], pos + 2)
+        raw = bytes(buf[start : start + size])
+        if len(raw) < size:
+            return _STOP, pos
+        try:
+            return raw.decode(), start + size
+        except UnicodeDecodeError:
+            return _STOP, pos
+    return _STOP, pos
 
 
 def decode_request(data: bytes | memoryview) -> AnyRequest:

@@ -136,6 +136,7 @@ class ControlLoop:
         self.listening_since = 0.0  # when the loop last read its children's ports
         self._frame_index = -1  # the frame the last period used
         self._last_start: float | None = None
+        self._last_publish_ms = 0.0
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._operator: OperatorCommand | None = None  # the latest drive command
         self._thread_errors: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
@@ -388,6 +389,7 @@ class ControlLoop:
             stages["frame_to_motor"] = (t_act - frame.timestamp) * 1000
         if self._last_start is not None:
             stages["period"] = (t0 - self._last_start) * 1000  # since the previous period began
+            stages["publish"] = self._last_publish_ms  # the previous period's (this one's is later)
         self._last_start = t0
         self.telemetry.publish(
             "step",
@@ -408,7 +410,7 @@ class ControlLoop:
         )
         if self.link is not None:
             self.link.tick(t_rec, frame, self.episode, self.step_index)
-        stages["publish"] = (time.monotonic() - t_rec) * 1000
+        stages["publish"] = self._last_publish_ms = (time.monotonic() - t_rec) * 1000
         self.stats.last_stages_ms = stages
         if self.stage_history is not None:
             self.stage_history.append({"start": t0, **stages})
