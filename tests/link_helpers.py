@@ -74,8 +74,9 @@ class LinkView:
         return self.robot.link.stats  # from the link process's heartbeats (4 a second)
 
     @property
-    def pid(self) -> int:
-        return self.robot.link.hello.pid
+    def pid(self) -> int | None:
+        hello = self.robot.link.hello
+        return hello.pid if hello is not None else None  # None while it restarts
 
 
 @dataclass

@@ -254,10 +254,11 @@ class RecorderPort(Port):
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every step sent so far is written or accounted as dropped (blocks: for
         tests and tools, not the control thread, whose reads of the port this waits on)."""
+        target = self._steps_sent
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s = self.status
-            if s is not None and s.written + s.dropped >= self._steps_sent and not s.queue:
+            if s is not None and s.written + s.dropped >= target:
                 return True
             time.sleep(0.02)
         return False
