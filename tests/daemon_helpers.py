@@ -42,6 +42,11 @@ def robot_config(tmp: Path, policy: Path, **overrides):
         "recording.path": str(tmp / "episodes.sqlite"),
         "sim.physics_hz": 100.0,
         "link.enabled": False,  # the link tests turn it on (link_helpers)
+        # Here the loop is a thread of the test process, sharing its GIL and CPU with the test
+        # itself and whatever else the machine runs: a second of overruns, not 5 periods, before
+        # the latch. The rule itself is tested with its default (test_daemon_safety); timing is
+        # measured by `malpi bench loop/stress` on the real daemon, not asserted here.
+        "safety.max_overruns": 50,
     }
     base.update(overrides)
     return load_config(None, base)

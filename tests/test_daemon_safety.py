@@ -147,7 +147,8 @@ def test_camera_thread_crash_stops(config):
         assert "sensor timeout" in events.safety_stop("thread_crash")["message"]
 
 
-def test_overrunning_loop_stops_and_starves_the_watchdog(config):
+def test_overrunning_loop_stops_and_starves_the_watchdog(tmp_path, policy_file):
+    config = robot_config(tmp_path, policy_file, **{"safety.max_overruns": 5})
     with running_robot(config) as (robot, factory, events, _):
         drive_auto(robot, factory)
         robot.loop.policy._backend = SlowBackend(robot.loop.policy._backend, 1.5)
