@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from recorder_helpers import check_stored, meta_for, step_for
@@ -19,6 +20,7 @@ from malpi.recorder import (
     StoreError,
 )
 from malpi.recorder.codec import decode_jpeg
+from malpi.recorder.export import export_episode
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_delete_is_atomic(db, monkeypatch):
 def test_export_to_a_directory(db, tmp_path):
     out = tmp_path / "export" / "ep2"
     with EpisodeStore(db) as store:
-        store.export_episode(2, out)
+        export_episode(store, 2, Path(out))
         stored = list(store.iter_steps(2, decode=False))
     assert sorted(p.name for p in out.iterdir()) == ["episode.json", "frames", "steps.csv"]
     meta = json.loads((out / "episode.json").read_text())
@@ -92,21 +94,21 @@ def test_export_to_a_directory(db, tmp_path):
     assert decode_jpeg((out / rows[0]["frame"]).read_bytes()).shape == (120, 160, 3)
 
     with EpisodeStore(db) as store, pytest.raises(StoreError, match="not an empty directory"):
-        store.export_episode(1, out)
+        export_episode(store, 1, Path(out))
     assert len(list(out.parent.iterdir())) == 1  # no half-written leftovers
 
 
 def test_export_into_another_database(db, tmp_path):
     dest = tmp_path / "desk.sqlite"
     with EpisodeStore(db) as store:
-        store.export_episode(2, dest)
-        store.export_episode(3, dest)
+        export_episode(store, 2, Path(dest))
+        export_episode(store, 3, Path(dest))
         original = store.episode(2)
         raw = list(store.raw_step_rows(2))
         with pytest.raises(StoreError, match="already holds this episode"):
-            store.export_episode(2, dest)
+            export_episode(store, 2, Path(dest))
         with pytest.raises(StoreError, match="is the database the episode is in"):
-            store.export_episode(2, db)
+            export_episode(store, 2, Path(db))
     with EpisodeStore(dest) as copy:
         a, b = copy.episodes()
         assert a.id == 1 and b.id == 2  # new ids in the new file...

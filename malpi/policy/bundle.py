@@ -241,7 +241,7 @@ class PolicyBundle:
             manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files, data
         )
         if check_models:
-            from malpi.policy.runtime import check_model
+            from malpi.policy.litert import check_model
 
             for name in (FLOAT_MODEL, INT8_MODEL):
                 try:

@@ -17,6 +17,7 @@ import numpy as np
 
 from malpi.actions import one_hot
 from malpi.policy.bundle import PolicyBundle
+from malpi.policy.litert import LiteRTStep
 from malpi.policy.spec import PolicySpec
 
 log = logging.getLogger(__name__)
@@ -41,63 +42,6 @@ class StepBackend(Protocol):
     ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
         """(probs (N,), value, h' (1, U), c' (1, U)) for one step."""
         ...
-
-
-class LiteRTStep:
-    """A LiteRT interpreter for the step model, its tensors resolved once by signature name."""
-
-    def __init__(
-        self, model: bytes | None, spec: PolicySpec, num_threads: int = 1, path: str | None = None
-    ):
-        from ai_edge_litert.interpreter import Interpreter
-
-        # From a file the model is memory-mapped: nothing is copied while holding the GIL.
-        self._interp = Interpreter(model_content=model, model_path=path, num_threads=num_threads)
-        self._interp.allocate_tensors()
-        runner = self._interp.get_signature_runner()
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
-        u, n = spec.lstm_units, spec.num_actions
-        obs_dtype = np.uint8 if spec.is_image else np.float32
-        want_in = {
-            "frame": ((1, *spec.observation_shape), obs_dtype),
-            "prev_action": ((1, n), np.float32),
-            "h": ((1, u), np.float32),
-            "c": ((1, u), np.float32),
-        }
-        want_out = {"probs": (1, n), "value": (1, 1), "h": (1, u), "c": (1, u)}
-        _check_tensors("input", inputs, {k: v[0] for k, v in want_in.items()})
-        _check_tensors("output", outputs, want_out)
-        for name, (_, dtype) in want_in.items():
-            if inputs[name]["dtype"] != dtype:
-                raise ValueError(
-                    f"input {name} has dtype {inputs[name]['dtype'].__name__}, expected {dtype.__name__}"
-                )
-        self._in = {k: inputs[k]["index"] for k in want_in}
-        self._out = {k: outputs[k]["index"] for k in want_out}
-
-    def run(self, obs, prev, h, c):
-        it = self._interp
-        it.set_tensor(self._in["frame"], obs[None])
-        it.set_tensor(self._in["prev_action"], prev)
-        it.set_tensor(self._in["h"], h)
-        it.set_tensor(self._in["c"], c)
-        it.invoke()
-        get = it.get_tensor
-        return (
-            get(self._out["probs"])[0],
-            float(get(self._out["value"])[0, 0]),
-            get(self._out["h"]),
-            get(self._out["c"]),
-        )
-
-
-def _check_tensors(kind: str, details: dict, want: dict[str, tuple[int, ...]]) -> None:
-    if set(details) != set(want):
-        raise ValueError(f"model {kind}s are {sorted(details)}, expected {sorted(want)}")
-    for name, shape in want.items():
-        got = tuple(int(d) for d in details[name]["shape"])
-        if got != shape:
-            raise ValueError(f"model {kind} {name} has shape {got}, the spec needs {shape}")
 
 
 class TFStep:
@@ -266,25 +210,3 @@ def make_backend_model(bundle: PolicyBundle, backend: str) -> bytes:
     if backend == "litert_int8":
         return bundle.tflite_int8
     raise ValueError(f"{backend!r} is not a LiteRT backend")
-
-
-def check_model(model: bytes, spec: PolicySpec) -> None:
-    """Load a LiteRT step model, check its tensors against the spec and run two test steps."""
-    backend = LiteRTStep(model, spec)
-    rng = np.random.default_rng(0)
-    if spec.is_image:
-        obs = rng.integers(0, 256, spec.observation_shape, dtype=np.uint8)
-    else:
-        obs = rng.normal(size=spec.observation_shape).astype(np.float32)
-    u, n = spec.lstm_units, spec.num_actions
-    h = np.zeros((1, u), np.float32)
-    c = np.zeros((1, u), np.float32)
-    prev = np.zeros((1, n), np.float32)
-    for _ in range(2):
-        probs, value, h, c = backend.run(obs, prev, h, c)
-        if not (np.isfinite(probs).all() and np.isfinite(value) and np.isfinite(h).all()):
-            raise ValueError("the test step produced non-finite outputs")
-        if abs(float(probs.sum()) - 1.0) > 1e-3:
-            raise ValueError(
-                f"the test step's probabilities sum to {float(probs.sum()):.4f}, not 1"
-            )

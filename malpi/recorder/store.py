@@ -356,14 +356,6 @@ class EpisodeStore:
                 )
             self.end_episode(episode_id, outcome, time.time(), final_reward, keep_end_time=True)
 
-    def export_episode(self, episode_id: int, out: str | os.PathLike[str]) -> Path:
-        """Export to a directory (frames/*.jpg, steps.csv, episode.json) or, when ``out``
-        ends in .sqlite/.sqlite3/.db, copy into that episode database. See malpi.recorder.export.
-        """
-        from malpi.recorder.export import export_episode
-
-        return export_episode(self, episode_id, Path(out))
-
     # -- writes made by the recorder's thread ----------------------------------
 
     def begin(self) -> None:
