@@ -71,6 +71,26 @@ class BenchDaemon:
                 if m:
                     self.command, self.telemetry = m.groups()
             time.sleep(0.05)
+        self.client_cpus = self._confine_clients()
+
+    def _confine_clients(self) -> list[int] | None:
+        """Move this process's threads (and so the client processes it starts later) onto the
+        cores the daemon leaves to its children. They stand for machines elsewhere on the
+        network, not for load on the robot: that is what the hogs are for, and they stay free
+        to run anywhere. (Without full kernel preemption, as on this machine's kernel, a
+        client's long system call, such as reading a 48 MB bundle file, holds a core for tens
+        of milliseconds whatever the priorities.) The cores, or None if not confined."""
+        link = self.pids().get("link")
+        try:
+            cpus = os.sched_getaffinity(link) if link else None
+            if not cpus or cpus == os.sched_getaffinity(0):
+                return None
+            for task in Path("/proc/self/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that just ended
+                    os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            return None
+        return sorted(cpus)
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None
@@ -213,6 +233,10 @@ class Hogs:
         self.procs = [
             subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)
         ]
+        everywhere = range(os.cpu_count() or 1)
+        for p in self.procs:  # on any core, the control process's too, whatever started them
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(p.pid, everywhere)
 
     def stop(self) -> None:
         for p in self.procs:

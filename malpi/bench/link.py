@@ -65,6 +65,7 @@ def run(
             result.update(_pull(daemon, watcher, pulled, rate_hz, pull_drive_s))
             with daemon.client() as c:
                 result["policy"] = c.status().policy_version
+            result["clients_on_cpus"] = daemon.client_cpus
         finally:
             watcher.stop()
             daemon.stop()
@@ -457,7 +458,8 @@ def format_table(r: dict[str, Any]) -> str:
 
     lines = [
         f"Link on loopback, malpi drive on the simulator at {r['rate_hz']:g} Hz (policy "
-        f"{r.get('policy')}), {r.get('busy', 0)} CPU hog(s) beside it",
+        f"{r.get('policy')}), {r.get('busy', 0)} CPU hog(s) beside it on any core; the "
+        f"benchmark's clients on CPUs {r.get('clients_on_cpus') or 'any'}",
         f"{'command round trip':<28}{'median ms':>12}{'p99 ms':>10}",
     ]
     for prefix, label in (("rtt", "plain"), ("rtt_curve", "CURVE")):

@@ -176,6 +176,7 @@ def _attack(
             role: round(max(mb for _, mb in s), 1) for role, s in watcher.rss.items()
         },
         "idle_connections": connections,
+        "clients_on_cpus": daemon.client_cpus,
         "idle_connections_dropped_by_the_robot": idle.dropped,
         "flood": flood_out,
         "loads": loads_out,
@@ -308,7 +309,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"malpi drive on the simulator at {r['rate_hz']:g} Hz under attack for {r['seconds']} s: "
         f"{r['hogs']} CPU hogs, a request flood, {r['idle_connections']} idle connections, "
         f"{r['loads']['swaps']} hot loads of the {r['bundle']} bundle "
-        f"({(r.get('bundle_bytes') or 0) / 1e6:.1f} MB), a zip bomb, a pull",
+        f"({(r.get('bundle_bytes') or 0) / 1e6:.1f} MB), a zip bomb, a pull; the hogs on any "
+        f"core, the attacking clients on CPUs {r.get('clients_on_cpus') or 'any'}",
         f"{'figure':<28}{'measured':>12}{'target':>10}",
     ]
     for key, target in r["targets"].items():

@@ -304,7 +304,10 @@ def build_robot(
         )
         loop.policy_file = policy_file
         loop.loader = PolicyLoader(
-            config.policy.backend, config.policy.sample, config.policy.num_threads, loop.idle
+            config.policy.backend,
+            config.policy.sample,
+            config.policy.num_threads,
+            loop.period_ended,
         )
         closers.append(loop.loader.close)
         supervisor = Supervisor(children, loop.child_failed, lambda: loop.listening_since)

@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class PolicyLoader:
-    def __init__(self, backend: str, sample: bool, num_threads: int, idle: threading.Event):
+    def __init__(self, backend: str, sample: bool, num_threads: int, period_ended: threading.Event):
         self.backend = backend
         self.sample = sample
         self.num_threads = num_threads
-        self._idle = idle  # set by the loop between periods
+        self._period_ended = period_ended  # set by the loop as each period ends
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="malpi-policy-loader")
         # Its thread starts now, from the thread building the daemon: it inherits that thread's
         # scheduling, not the control thread's higher priority.
@@ -61,7 +61,11 @@ class PolicyLoader:
             if digest != args["model_sha256"]:
                 raise ValueError(f"{path} is not the model the link validated")
             spec = PolicySpec.from_dict(args["spec"])
-            self._idle.wait(1.0)  # start at the beginning of the loop's idle time
+            # Building holds the GIL (LiteRT's allocate_tensors: 2 ms for the default policy,
+            # 6-25 ms for a seed-size one here): start it as a period ends, so that it falls
+            # into the idle time before the next frame, not across a period.
+            self._period_ended.clear()
+            self._period_ended.wait(1.0)
             policy = StepPolicy.from_model_file(
                 path,
                 spec,

@@ -113,7 +113,9 @@ class ControlLoop:
         self.policy_file = ""  # and the bundle file it was read from, if known
         self.recorder = recorder
         self.link = link
-        self.idle = threading.Event()  # set between periods (the policy loader starts then)
+        # Set as each period ends: the policy loader clears it and waits, to start its GIL-held
+        # work at the beginning of the loop's idle time rather than just before a period.
+        self.period_ended = threading.Event()
         self.loader = loader
         self.telemetry = telemetry or Telemetry()
         self.notifier = notifier or Notifier({})
@@ -266,9 +268,8 @@ class ControlLoop:
         self._rate_mark = (next_tick, 0)
         try:
             while not self._stop.is_set():
-                self.idle.clear()
                 self._period()
-                self.idle.set()
+                self.period_ended.set()
                 self.stats.periods += 1
                 if max_periods is not None and self.stats.periods >= max_periods:
                     break

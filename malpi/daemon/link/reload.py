@@ -1,10 +1,10 @@
 """Hot reload: a new policy bundle validated in the link process, swapped in by the control process.
 
-Everything untrusted bytes cost happens here, on the link's load worker:
-size limits before anything is inflated, parsing, checksums, shape checks,
-the test steps of both LiteRT models. Only then is the step model the robot
-runs written into the private runtime directory and the control process
-asked to swap it in; it maps that file (a few milliseconds, off its control
+Everything untrusted bytes cost happens in a throwaway child of the link
+(:mod:`malpi.daemon.link.validator`): size limits before anything is
+inflated, parsing, checksums, shape checks, the test steps of both LiteRT
+models, and writing the step model the robot runs into the private runtime
+directory. Only then is the control process asked to swap it in; it maps that file (a few milliseconds, off its control
 thread) and swaps between two periods, resetting the LSTM state and starting
 a new episode. A rejected bundle leaves the running policy untouched; the
 reply and an ``event`` (``policy_rejected``) say why.
@@ -28,8 +28,7 @@ from typing import TypeVar
 
 from malpi.config import Config
 from malpi.daemon.link.control import ControlChannel
-from malpi.policy.bundle import BundleError, PolicyBundle
-from malpi.policy.runtime import write_runtime_model
+from malpi.daemon.link.validator import BundleValidator, Validated, ValidationError
 from malpi.policy.store import Entry, PolicyStore
 from malpi.protocol.schema import PolicyReply, ProtocolError, RollbackReply
 
@@ -67,6 +66,7 @@ class PolicyManager:
         self.models = models
         self.event = event
         self.store = PolicyStore(config.policy.store)
+        self.validator = BundleValidator(config, models)
         # (sha256, history before it) while a policy that came over the link runs but could not
         # be persisted (full or read-only disk): pushing it again retries, without a swap.
         self._unpersisted: tuple[str, list[Entry]] | None = None
@@ -150,29 +150,26 @@ class PolicyManager:
 
     # -- the steps --------------------------------------------------------------------
 
-    def _validate(self, data: bytes, what: str) -> PolicyBundle:
-        """Validate completely; ProtocolError("rejected") says why not."""
-        c = self.config
+    def _validate(self, data: bytes, what: str) -> Validated:
+        """Validate completely and stage the runtime model; ProtocolError says why not."""
         try:
-            return PolicyBundle.from_bytes(data, **c.bundle_expectations())
-        except Exception as exc:  # BundleError, or anything else untrusted bytes provoke
-            reason = str(exc) if isinstance(exc, BundleError) else f"unreadable bundle: {exc!r}"
-            raise self._reject(reason if what == "bundle" else f"{what}: {reason}") from exc
+            return self.validator.validate(data)
+        except ValidationError as exc:
+            if exc.code != "rejected":
+                raise ProtocolError(exc.code, str(exc)) from exc
+            reason = str(exc) if what == "bundle" else f"{what}: {exc}"
+            raise self._reject(reason) from exc
+        except OSError as exc:  # the child could not be started
+            raise ProtocolError("refused", f"cannot validate the bundle: {exc}") from exc
 
-    def _swap(self, bundle: PolicyBundle, source: str, file: str) -> dict:
-        """Write the runtime model, have the control process swap it in; its result."""
-        backend = self.config.policy.backend
-        try:
-            model = write_runtime_model(bundle, backend, self.models)
-        except OSError as exc:
-            raise ProtocolError("refused", f"cannot stage the policy for loading: {exc}") from exc
-        with model.open("rb") as f:
-            model_sha = hashlib.file_digest(f, "sha256").hexdigest()
+    def _swap(self, bundle: Validated, source: str, file: str) -> dict:
+        """Have the control process swap the validated policy in; its result."""
+        model = bundle.model
         future = self.control.call(
             "swap_policy",
             model=str(model),
-            model_sha256=model_sha,
-            spec=bundle.spec.to_dict(),
+            model_sha256=bundle.model_sha256,
+            spec=bundle.spec,
             version=bundle.label,
             sha256=bundle.sha256,
             source=source,
@@ -192,7 +189,7 @@ class PolicyManager:
                 old.unlink(missing_ok=True)
         return result
 
-    def _persist_running(self, bundle: PolicyBundle, data: bytes) -> tuple[bool, str]:
+    def _persist_running(self, bundle: Validated, data: bytes) -> tuple[bool, str]:
         """For a push of what runs already: (persisted, note). Persists it now, as :meth:`load`
         would have, if it came over the link and that failed; otherwise leaves the store be."""
         nothing = "already running: nothing changed"
