@@ -10,7 +10,8 @@ real-time scheduling where permitted), recording and telemetry on, while for ``s
 - a seed-size bundle (a twin pair, so that every load swaps) is hot-loaded ``loads`` times, a
   zip-bomb bundle and a bundle with 256 MiB of provenance are pushed;
 - the recording is pulled by another process;
-- an operator's client pings every 50 ms: what it takes to pause the car right now.
+- an operator's client (a process of its own, as the laptop it stands for) pings every 50 ms:
+  what it takes to pause the car right now.
 
 The figures come from the daemon's own telemetry and ``/proc``; the targets are issue 11's.
 """
@@ -22,7 +23,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,15 +125,12 @@ def _attack(
     time.sleep(WARM_UP)
     with daemon.client() as c:
         before = c.status()
-    pings: list[float] = []
-    stop = threading.Event()
-    pinger = threading.Thread(target=_ping, args=(daemon, pings, stop), daemon=True)
     rss_from = len(watcher.rss.get("control", []))
     t0 = time.monotonic()
     with hogs(n_hogs):
         idle = IdleConnections(host, int(port), connections).start()
         flood = _spawn("_flood", daemon.command, clients["flood"], seconds)
-        pinger.start()
+        pinger = _spawn("_ping", daemon.command, clients["operator"], seconds)
         pull = _spawn(
             "_pull", daemon.command, clients["flood"], str(tmp / "pulled.sqlite"), seconds / 2
         )
@@ -142,8 +139,8 @@ def _attack(
         if remaining > 0:
             time.sleep(remaining)
         t1 = time.monotonic()
-        stop.set()
-        pinger.join(5)
+        pings = _finish(pinger)
+        pings = pings if isinstance(pings, list) else []
         flood_out = _finish(flood)
         pull_out = _finish(pull)
         idle.stop()
@@ -184,18 +181,22 @@ def _attack(
     }
 
 
-def _ping(daemon, pings: list[float], stop: threading.Event) -> None:
-    from malpi.operator.client import LinkTimeout
+def _ping(endpoint: str, keys: dict, seconds: float) -> None:
+    """(Another process) the operator: a ping every 50 ms; prints each round trip in ms."""
+    from malpi.operator.client import LinkTimeout, RobotClient
 
-    with daemon.client(timeout=5.0) as c:
-        while not stop.is_set():
+    pings = []
+    end = time.monotonic() + seconds
+    with RobotClient(command=endpoint, timeout=5.0, **keys) as c:
+        while time.monotonic() < end:
             t = time.perf_counter()
             try:
                 c.ping()
-                pings.append((time.perf_counter() - t) * 1000)
+                pings.append(round((time.perf_counter() - t) * 1000, 3))
             except LinkTimeout:
                 pings.append(5000.0)
-            stop.wait(0.05)
+            time.sleep(0.05)
+    print(json.dumps(pings))
 
 
 def _push_all(daemon, keys, pair, bombs, loads, seconds) -> dict[str, Any]:

@@ -251,7 +251,7 @@ class PolicyBundle:
         return bundle
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
+def write_atomic(path: Path, data: bytes | memoryview) -> Path:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

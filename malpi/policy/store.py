@@ -86,7 +86,7 @@ class PolicyStore:
 
     # -- writing (the link's load worker; never the control thread) --------------
 
-    def put(self, label: str, data: bytes, note: str = "") -> Entry:
+    def put(self, label: str, data: bytes | memoryview, note: str = "") -> Entry:
         """Write a bundle file (atomically); it becomes current only with :meth:`commit`."""
         digest = hashlib.sha256(data).hexdigest()
         name = f"{label}-{digest[:8]}.malpi"

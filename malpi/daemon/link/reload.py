@@ -78,7 +78,7 @@ class PolicyManager:
 
     # -- the commands ---------------------------------------------------------------
 
-    def load(self, data: bytes) -> PolicyReply:
+    def load(self, data: bytes | memoryview) -> PolicyReply:
         t0 = time.perf_counter()
         bundle = self._validate(data, what="bundle")
         load_ms = (time.perf_counter() - t0) * 1000
@@ -150,7 +150,7 @@ class PolicyManager:
 
     # -- the steps --------------------------------------------------------------------
 
-    def _validate(self, data: bytes, what: str) -> Validated:
+    def _validate(self, data: bytes | memoryview, what: str) -> Validated:
         """Validate completely and stage the runtime model; ProtocolError says why not."""
         try:
             return self.validator.validate(data)
@@ -189,7 +189,7 @@ class PolicyManager:
                 old.unlink(missing_ok=True)
         return result
 
-    def _persist_running(self, bundle: Validated, data: bytes) -> tuple[bool, str]:
+    def _persist_running(self, bundle: Validated, data: bytes | memoryview) -> tuple[bool, str]:
         """For a push of what runs already: (persisted, note). Persists it now, as :meth:`load`
         would have, if it came over the link and that failed; otherwise leaves the store be."""
         nothing = "already running: nothing changed"

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,7 @@ class BundleValidator:
         self.timeout = timeout
         self.command = [sys.executable, "-m", "malpi.daemon.link.validator"]
 
-    def validate(self, data: bytes) -> Validated:
+    def validate(self, data: bytes | memoryview) -> Validated:
         """Validate ``data`` completely and stage its runtime model; ValidationError if not."""
         self.models.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
@@ -76,17 +77,30 @@ class BundleValidator:
             stdout=subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C is the daemon's to handle
         )
-        try:
-            out, _ = proc.communicate(data, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
+        # Plain blocking writes and reads, which hold the GIL only between system calls
+        # (communicate() would take it back for every 4 KiB of a 48 MB bundle); a timer kills
+        # a child that hangs, which ends them.
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
             proc.kill()
-            proc.communicate()
-            raise ValidationError(
-                "rejected", f"validating the bundle took over {self.timeout:g} s"
-            ) from None
-        except BrokenPipeError:  # it died before reading everything
-            out = b""
+
+        timer = threading.Timer(self.timeout, kill)
+        timer.start()
+        try:
+            with contextlib.suppress(BrokenPipeError):  # it died before reading everything
+                proc.stdin.write(data)
+                proc.stdin.close()
+            out = proc.stdout.read()
             proc.wait()
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        if timed_out.is_set():
+            raise ValidationError("rejected", f"validating the bundle took over {self.timeout:g} s")
         try:
             result = json.loads(out)
         except ValueError:
