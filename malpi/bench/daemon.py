@@ -83,7 +83,7 @@ class BenchDaemon:
         link = self.pids().get("link")
         try:
             cpus = os.sched_getaffinity(link) if link else None
-            if not cpus or cpus == os.sched_getaffinity(0):
+            if not cpus:
                 return None
             for task in Path("/proc/self/task").iterdir():
                 with contextlib.suppress(OSError):  # a thread that just ended

@@ -61,6 +61,10 @@ class PolicyLoader:
 
             def drop() -> None:
                 time.sleep(0.1)  # until the caller's own references are gone
+                # Its destructor holds the GIL (~6 ms for a seed-size one): in the idle time
+                # after a period, not while the camera thread hands over the next frame.
+                self._period_ended.clear()
+                self._period_ended.wait(1.0)
                 held.clear()
                 _malloc_trim()
 

@@ -1,13 +1,14 @@
-"""Hot reload: a new policy bundle validated in the link process, swapped in by the control process.
+"""Hot reload: a new policy bundle validated by the link, swapped in by the control process.
 
 Everything untrusted bytes cost happens in a throwaway child of the link
 (:mod:`malpi.daemon.link.validator`): size limits before anything is
 inflated, parsing, checksums, shape checks, the test steps of both LiteRT
 models, and writing the step model the robot runs into the private runtime
-directory. Only then is the control process asked to swap it in; it maps that file (a few milliseconds, off its control
-thread) and swaps between two periods, resetting the LSTM state and starting
-a new episode. A rejected bundle leaves the running policy untouched; the
-reply and an ``event`` (``policy_rejected``) say why.
+directory. Only then is the control process asked to swap it in; it maps
+that file (a few milliseconds, off its control thread) and swaps between two
+periods, resetting the LSTM state and starting a new episode. A rejected
+bundle leaves the running policy untouched; the reply and an ``event``
+(``policy_rejected``) say why.
 
 A policy's identity is its content (the bundle file's SHA-256): pushing the
 bundle that runs is a no-op, however it is labelled. Accepted bundles go into

@@ -64,13 +64,11 @@ class BundleValidator:
             "backend": config.policy.backend,
             "models": str(models),
         }
-        self.models = models
         self.timeout = timeout
         self.command = [sys.executable, "-m", "malpi.daemon.link.validator"]
 
     def validate(self, data: bytes | memoryview) -> Validated:
         """Validate ``data`` completely and stage its runtime model; ValidationError if not."""
-        self.models.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
             [*self.command, json.dumps(self.settings)],
             stdin=subprocess.PIPE,
