@@ -107,16 +107,23 @@ class BenchDaemon:
         return RobotClient(command=self.command, telemetry=self.telemetry, **kw)
 
     def pids(self) -> dict[str, int]:
-        """The control process and its children, by role."""
+        """The control process and its children by role, and the link's bundle validator
+        while one runs."""
         out = {"control": self.proc.pid}
+        procs = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
                 cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid and b"malpi.daemon" in cmdline:
-                out[cmdline[-2].decode()] = int(stat.parent.name)
+            procs.append((int(stat.parent.name), int(fields[1]), cmdline))
+        for pid, parent, cmdline in procs:
+            if parent == self.proc.pid and b"malpi.daemon" in cmdline:
+                out[cmdline[-2].decode()] = pid
+        for pid, parent, cmdline in procs:
+            if parent == out.get("link") and b"malpi.daemon.link.validator" in cmdline:
+                out["validator"] = pid
         return out
 
     def stop(self) -> int:
