@@ -167,8 +167,19 @@ class RobotClient:
         return self.request(schema.Record(v=schema.PROTOCOL_VERSION, on=on))
 
     def load_policy(self, bundle: bytes | str | os.PathLike, timeout: float = 120.0):
+        """Push a bundle (its bytes or its file); the robot's reply once it is loaded. One over
+        ``schema.PART_BYTES`` goes in parts, so that no message holds up the robot's link."""
         data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
-        return self.request(schema.LoadPolicy(v=schema.PROTOCOL_VERSION, bundle=data), timeout)
+        v = schema.PROTOCOL_VERSION
+        if len(data) <= schema.PART_BYTES:
+            return self.request(schema.LoadPolicy(v=v, bundle=data), timeout)
+        view, step = memoryview(data), schema.PART_BYTES
+        for offset in range(0, len(data), step):
+            part = view[offset : offset + step]
+            reply = self.request(
+                schema.LoadPolicy(v=v, bundle=part, offset=offset, total=len(data)), timeout
+            )
+        return reply
 
     def rollback_policy(self, timeout: float = 120.0):
         return self.request(schema.RollbackPolicy(v=schema.PROTOCOL_VERSION), timeout)

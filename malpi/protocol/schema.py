@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 MAX_COMMAND_BYTES = 64 * 1024  # any request but load_policy
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # the policy bundle's own limit (malpi.policy.bundle)
+PART_BYTES = 4 * 1024 * 1024  # clients send bigger bundles in parts of this size
 
 TOPICS = ("step", "frame", "status", "event")
 
@@ -107,9 +108,14 @@ class Record(Request, tag="record"):
 
 
 class LoadPolicy(Request, tag="load_policy"):
-    # A complete policy bundle file (msgpack bin). Decoded as a zero-copy view of the received
-    # frame, so that a 50 MB bundle is never copied while holding the GIL; clients may pass bytes.
+    # A policy bundle file (msgpack bin), whole or a part of it. Decoded as a zero-copy view of
+    # the received frame, so that a 50 MB bundle is never copied while holding the GIL.
     bundle: memoryview
+    # A bundle over PART_BYTES should come in parts, in order: each part's offset into the file
+    # and the file's size (None: the whole bundle in this message). Every part but the last
+    # is answered with a PolicyPartReply; the last with the load's reply.
+    offset: UInt = 0
+    total: UInt | None = None
 
 
 class RollbackPolicy(Request, tag="rollback_policy"):
@@ -241,6 +247,11 @@ class RollbackReply(PolicyReply, tag="rollback_policy"):
     pass
 
 
+class PolicyPartReply(Reply, tag="load_policy_part"):
+    received: int  # bytes of the bundle the robot holds so far
+    total: int
+
+
 class EpisodeSummary(Struct, kw_only=True):
     id: int  # the recorder's id on the robot
     uuid: str  # identity across databases: a copy keeps it
@@ -298,6 +309,7 @@ AnyReply = (
     | EndEpisodeReply
     | RecordReply
     | PolicyReply
+    | PolicyPartReply
     | RollbackReply
     | EpisodeList
     | EpisodeChunk

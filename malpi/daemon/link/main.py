@@ -44,9 +44,9 @@ class LinkProcess:
     def __init__(self, ctx: ChildContext):
         self.ctx = ctx
         self.fds = raise_fd_limit()
-        # CURVE decrypts a whole message on the I/O thread its connection was given: ~40 ms for
-        # a 48 MB bundle here, during which that thread's other connections wait. With four,
-        # an operator's connection shares a pusher's thread one time in four.
+        # CURVE decrypts a whole message on the I/O thread its connection was given (a few ms
+        # for a 4 MiB bundle part), while that thread's other connections wait: with four, an
+        # operator's connection shares a pusher's thread one time in four.
         self.zctx = zmq.Context(io_threads=IO_THREADS)
         self.zctx.setsockopt(zmq.LINGER, 0)
         self.control = ControlChannel(self.zctx, ctx.endpoint)

@@ -73,6 +73,7 @@ class LinkServer:
     ):
         from malpi.daemon.link.episodes import EpisodeServer
         from malpi.daemon.link.reload import PolicyManager
+        from malpi.daemon.link.upload import Uploads
 
         link = config.link
         check_bind(link)  # before any key is read or socket bound
@@ -80,6 +81,7 @@ class LinkServer:
         self.control = control
         self.policies = PolicyManager(config, control, runtime_dir / "models", self._event)
         recording = config.recording.path
+        self.uploads = Uploads()
         self.episodes = EpisodeServer(Path(recording).expanduser() if recording else None)
         self._ctx = context
         self._security: ServerSecurity | None = None
@@ -253,7 +255,16 @@ class LinkServer:
         elif isinstance(req, schema.LoadPolicy | schema.RollbackPolicy):
             if self._loading:
                 raise ProtocolError("busy", "a policy load or rollback is already running")
-            if isinstance(req, schema.LoadPolicy):
+            if isinstance(req, schema.LoadPolicy) and req.total is not None:
+                data, received = self.uploads.add(envelope[0], req, time.monotonic())
+                req.bundle = memoryview(b"")
+                if data is None:
+                    reply = schema.PolicyPartReply(received=received, total=req.total)
+                    reply.id = req.id
+                    self._send(envelope, reply)
+                    return
+                job = lambda: self.policies.load(data)  # noqa: E731
+            elif isinstance(req, schema.LoadPolicy):
                 # The received frame itself (the view keeps it alive until the load is done):
                 # copying 50 MB here would hold the GIL, and every request waiting, for ~40 ms.
                 data, req.bundle = req.bundle, memoryview(b"")
