@@ -99,9 +99,9 @@ class BundleValidator:
                 proc.stdin.close()
         if timed_out.is_set():
             raise ValidationError("rejected", f"validating the bundle took over {self.timeout:g} s")
-        try:
-            result = json.loads(out)
-        except ValueError:
+        try:  # its answer is the last line (native code may have printed before it)
+            result = json.loads(out.splitlines()[-1])
+        except (ValueError, IndexError):
             how = (
                 f"signal {-proc.returncode}"
                 if proc.returncode < 0
