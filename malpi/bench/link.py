@@ -442,7 +442,9 @@ def _pusher(endpoint: str) -> None:
             if path == "ready":
                 print("{}", flush=True)
                 continue
-            data = cache.setdefault(path, Path(path).read_bytes())
+            if path not in cache:
+                cache[path] = Path(path).read_bytes()
+            data = cache[path]
             try:
                 reply = client.load_policy(data, timeout=300)
                 out = {"load_ms": reply.load_ms, "version": reply.version}
