@@ -1,9 +1,9 @@
 """A bundle pushed in parts: assembled in order from one client at a time, bounded, and loaded
-once its last part arrives; a bad part names what is wrong and abandons the upload."""
+once its last part arrives; a bad part names what is wrong and abandons the upload.
+
+All but the last test run on the robot install (no TensorFlow)."""
 
 import pytest
-from daemon_helpers import moving, wait_until
-from link_helpers import bundles, link_config, running_link
 
 from malpi.daemon.link.upload import Uploads
 from malpi.operator.client import RobotError
@@ -64,6 +64,9 @@ def test_one_upload_at_a_time_until_it_goes_quiet():
 
 
 def test_a_bundle_pushed_in_parts_is_loaded(tmp_path, monkeypatch):
+    from daemon_helpers import moving, wait_until
+    from link_helpers import bundles, link_config, running_link
+
     data = bundles()["b"]
     monkeypatch.setattr(schema, "PART_BYTES", 64 * 1024)  # the client's part size
     assert len(data) > 3 * schema.PART_BYTES

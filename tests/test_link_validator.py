@@ -1,37 +1,46 @@
 """Bundles are validated in a throwaway child process: whatever one does to it (crash, hang,
-garbage), the link gets a refusal that names it, and the running policy drives on."""
+garbage), the link gets a refusal that names it, and the running policy drives on.
+
+All but the last test run on the robot install (no TensorFlow): the shipped bundle and the
+default configuration."""
 
 import hashlib
 import os
 import sys
 
 import pytest
-from daemon_helpers import moving, wait_until
-from link_helpers import bundles, link_config, running_link
 
+from malpi.config import load_config
 from malpi.daemon.link.validator import BundleValidator, ValidationError
 from malpi.operator.client import RobotError
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import make_backend_model
+from malpi.policy.store import shipped_policy
 
 DIES = "import os, sys; sys.stdin.buffer.read(100); os.kill(os.getpid(), 9)"
 HANGS = "import sys, time; sys.stdin.buffer.read(); time.sleep(60)"
 
 
+CONFIG = load_config(None, {})
+
+
+def shipped() -> bytes:
+    return shipped_policy().read_bytes()
+
+
 def validator(tmp_path, **kw) -> BundleValidator:
-    return BundleValidator(link_config(tmp_path), tmp_path / "models", **kw)
+    return BundleValidator(CONFIG, tmp_path / "models", **kw)
 
 
 def test_a_valid_bundle_is_staged_for_the_control_process(tmp_path):
-    data = bundles()["a"]
+    data = shipped()
     v = validator(tmp_path).validate(data)
     bundle = PolicyBundle.from_bytes(data, check_models=False)
     assert (v.label, v.sha256) == (bundle.label, hashlib.sha256(data).hexdigest())
     assert v.spec == bundle.spec.to_dict()
     assert v.model.parent == tmp_path / "models"
     assert hashlib.sha256(v.model.read_bytes()).hexdigest() == v.model_sha256
-    backend = link_config(tmp_path).policy.backend
-    assert v.model.read_bytes() == make_backend_model(bundle, backend)
+    assert v.model.read_bytes() == make_backend_model(bundle, CONFIG.policy.backend)
 
 
 def test_a_bad_bundle_is_rejected_naming_the_problem(tmp_path):
@@ -45,7 +54,7 @@ def test_a_validator_that_dies_is_a_rejection(tmp_path):
     v = validator(tmp_path)
     v.command = [sys.executable, "-c", DIES]
     with pytest.raises(ValidationError, match=r"validator died \(signal 9\)") as err:
-        v.validate(bundles()["a"])
+        v.validate(shipped())
     assert err.value.code == "rejected"
 
 
@@ -60,13 +69,16 @@ def test_a_validator_that_hangs_is_killed(tmp_path):
 
 def test_staging_where_nothing_can_be_written_is_refused(tmp_path):
     (tmp_path / "file").write_text("")  # models' parent is a file: not even root writes there
-    v = BundleValidator(link_config(tmp_path), tmp_path / "file" / "models")
+    v = BundleValidator(CONFIG, tmp_path / "file" / "models")
     with pytest.raises(ValidationError) as err:
-        v.validate(bundles()["a"])
+        v.validate(shipped())
     assert err.value.code == "refused" and "cannot stage the policy" in str(err.value)
 
 
 def test_the_link_survives_a_validator_crash_and_the_policy_drives_on(tmp_path):
+    from daemon_helpers import moving, wait_until
+    from link_helpers import bundles, link_config, running_link
+
     with running_link(link_config(tmp_path), in_process=True) as d, d.client() as c:
         c.subscribe(["event"])  # the link publishes its rejections itself
         c.set_mode("auto")
