@@ -21,7 +21,8 @@ from typing import Any
 
 from malpi.actions import DEFAULT_ACTIONS, ActionTable, ActionTableError
 
-ROBOT_CONFIG_PATH = Path("/etc/malpi/malpi.toml")
+ROBOT_CONFIG_PATH = Path("/etc/malpi/malpi.toml")  # the systemd unit's (malpi setup --service)
+USER_CONFIG_PATH = Path("~/.config/malpi/malpi.toml")  # malpi setup's, run as a user
 
 
 class ConfigError(ValueError):
@@ -219,9 +220,16 @@ def load_config(
     if path is not None:
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {p} does not exist") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{p}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                "TOML files are UTF-8"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {p}: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
     for dotted, value in (overrides or {}).items():
@@ -340,20 +348,22 @@ def validate(c: Config) -> None:
             "drivetrain.differential.driver",
             f"must be in_in or phase_enable, got {d.driver!r}",
         )
-        names = (
+        required = (
             ["left_forward", "left_backward", "right_forward", "right_backward"]
             if d.driver == "in_in"
-            else ["left_phase", "right_phase"]
+            else ["left_phase", "right_phase", "left_enable", "right_enable"]
         )
-        names += ["left_enable", "right_enable"]
-        if d.driver == "phase_enable":
-            for n in ("left_phase", "right_phase", "left_enable", "right_enable"):
-                _require(
-                    getattr(d, n) >= 0,
-                    f"drivetrain.differential.{n}",
-                    "phase_enable needs this pin",
-                )
-        elif (d.left_enable >= 0) != (d.right_enable >= 0):
+        names = required + [n for n in ("left_enable", "right_enable") if n not in required]
+        for n in names:
+            pin = getattr(d, n)
+            _require(
+                pin >= 0 or (pin == -1 and n not in required),
+                f"drivetrain.differential.{n}",
+                f"driver {d.driver} needs this pin (BCM 0..27), got {pin}"
+                if n in required
+                else f"BCM pin must be 0..27, or -1 for not wired, got {pin}",
+            )
+        if d.driver == "in_in" and (d.left_enable >= 0) != (d.right_enable >= 0):
             raise ConfigError(
                 "drivetrain.differential.left_enable: wire enable pins on both sides or neither"
             )
@@ -516,7 +526,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML configuration (default: $MALPI_CONFIG, else /etc/malpi/malpi.toml if it exists, else built-in defaults)",
+        help="TOML configuration (default: $MALPI_CONFIG, else ~/.config/malpi/malpi.toml, else /etc/malpi/malpi.toml, else built-in defaults: the simulator)",
     )
     p.add_argument(
         "--set",
@@ -527,21 +537,38 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def find_config(explicit: str | None = None) -> Path | None:
+    """The configuration file to use: ``explicit`` (--config), else $MALPI_CONFIG, else the
+    user's (~/.config/malpi/malpi.toml), else the robot's (/etc/malpi/malpi.toml); None if
+    there is none (built-in defaults, which drive the simulator)."""
+    named = explicit or os.environ.get("MALPI_CONFIG")
+    if named:
+        return Path(named)
+    for candidate in (USER_CONFIG_PATH.expanduser(), ROBOT_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The configuration named by --config (or $MALPI_CONFIG, or the robot's), with --set overrides."""
-    path = args.config or os.environ.get("MALPI_CONFIG")
-    if path is None and ROBOT_CONFIG_PATH.exists():
-        path = ROBOT_CONFIG_PATH
+    """The configuration named by --config (see :func:`find_config`), with --set overrides."""
+    path = find_config(args.config)
+    overrides = set_overrides(args.set)
+    if getattr(args, "sim", False):
+        overrides.setdefault("camera.backend", "sim")
+        overrides.setdefault("drivetrain.backend", "sim")
+    return load_config(path, overrides)
+
+
+def set_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` arguments as {dotted key: TOML value} (a bare word is a string)."""
     overrides: dict[str, Any] = {}
-    for item in args.set:
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         try:
             overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            overrides[key.strip()] = raw  # a bare word is a string
-    if getattr(args, "sim", False):
-        overrides.setdefault("camera.backend", "sim")
-        overrides.setdefault("drivetrain.backend", "sim")
-    return load_config(path, overrides)
+            overrides[key.strip()] = raw
+    return overrides

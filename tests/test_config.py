@@ -1,8 +1,10 @@
 """Configuration: defaults, validation naming the key at fault, and no GPIO touched on a bad config."""
 
+import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +59,20 @@ def test_defaults_are_valid_and_round_trip(tmp_path):
         ("[[actions]]\nname = 'go'\nsteering = 0.0\n", "actions: action 0: missing key"),
         ("loop = 3\n", "loop: expected a table"),
         ("[loop\n", "not valid TOML"),
+        (
+            "[drivetrain]\nbackend = 'differential'\n[drivetrain.differential]\nleft_forward = -5\n",
+            "drivetrain.differential.left_forward: driver in_in needs this pin (BCM 0..27), got -5",
+        ),
+        (
+            "[drivetrain]\nbackend = 'differential'\n[drivetrain.differential]\nleft_enable = -5\n",
+            "drivetrain.differential.left_enable: BCM pin must be 0..27, or -1 for not wired, got -5",
+        ),
+        (
+            "[drivetrain]\nbackend = 'differential'\n[drivetrain.differential]\n"
+            "driver = 'phase_enable'\nleft_phase = 5\nright_phase = 6\nleft_enable = -1\n"
+            "right_enable = 13\n",
+            "drivetrain.differential.left_enable: driver phase_enable needs this pin",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -68,6 +84,51 @@ def test_bad_values_name_the_key(tmp_path, text, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.toml does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes("# réglages\n[loop]\nrate_hz = 20\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 3 is 0xe9\)"):
+        load_config(p)
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file {tmp_path}: Is a directory"):
+        load_config(tmp_path)
+
+
+def test_drive_without_a_config_refuses_and_says_what_to_do(tmp_path):
+    """No config on the car: the built-in defaults would drive the simulator, so refuse."""
+    env = {k: v for k, v in os.environ.items() if k != "MALPI_CONFIG"}
+    env["HOME"] = str(tmp_path)  # no ~/.config/malpi/malpi.toml
+    if Path("/etc/malpi/malpi.toml").exists():
+        pytest.skip("this machine has a robot config in /etc/malpi")
+    out = subprocess.run(
+        [sys.executable, "-m", "malpi", "drive"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "no configuration found" in out.stderr
+    assert "malpi setup" in out.stderr and "malpi drive --sim" in out.stderr
+    assert "Traceback" not in out.stderr and "track" not in out.stderr  # nothing was started
+
+
+def test_the_users_config_is_found(tmp_path, monkeypatch):
+    from malpi.config import find_config
+
+    monkeypatch.delenv("MALPI_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    user = tmp_path / ".config/malpi/malpi.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("[loop]\nrate_hz = 25\n")
+    assert find_config() == user
+    assert find_config(str(tmp_path / "other.toml")) == tmp_path / "other.toml"
+    monkeypatch.setenv("MALPI_CONFIG", "/x.toml")
+    assert find_config() == Path("/x.toml")
 
 
 def test_config_show_prints_the_effective_config(tmp_path):

@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from malpi.config import add_config_args, config_from_args
+from malpi.config import add_config_args, config_from_args, find_config
 
 log = logging.getLogger(__name__)
+
+NO_CONFIG = """malpi drive: no configuration found ($MALPI_CONFIG, ~/.config/malpi/malpi.toml and
+/etc/malpi/malpi.toml do not exist), so nothing says which motors and camera this car has.
+  On the car:   malpi setup         tests the motors and the camera and writes one
+  No car:       malpi drive --sim   drives the built-in simulator
+  A config:     malpi drive --config FILE"""
 
 
 def register(commands, bench) -> None:
@@ -66,6 +72,10 @@ def cmd_drive(args: argparse.Namespace) -> int:
     from malpi.daemon.control.build import build_robot
     from malpi.daemon.control.notify import Notifier
 
+    if not args.sim and find_config(args.config) is None and not _names_drivetrain(args.set):
+        # The built-in defaults drive the simulator: on a car that would look like a dead robot.
+        print(NO_CONFIG, file=sys.stderr)
+        return 2
     config = config_from_args(args)  # fails here, before any GPIO, on a bad config
     if args.no_record:
         # Not just enabled = false (that boots with recording off, the operator may start it):
@@ -133,6 +143,10 @@ def cmd_motors_off(args: argparse.Namespace) -> int:
         drivetrain.close()
     print(f"{config.drivetrain.backend} drivetrain outputs driven to stop and released")
     return 0
+
+
+def _names_drivetrain(settings: list[str]) -> bool:
+    return any(item.partition("=")[0].strip() == "drivetrain.backend" for item in settings)
 
 
 def _replace(config, section: str, **changes):

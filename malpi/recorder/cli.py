@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -59,13 +58,10 @@ def _open(args: argparse.Namespace, *, readonly: bool = True) -> Any:
     from malpi.recorder.store import EpisodeStore
 
     if args.db is None:
-        # The same file the daemon records to: $MALPI_CONFIG, /etc/malpi/malpi.toml or the default.
-        from malpi.config import ROBOT_CONFIG_PATH, load_config
+        # The same file the daemon records to (its configuration's, or the default).
+        from malpi.config import find_config, load_config
 
-        config_path = os.environ.get("MALPI_CONFIG") or (
-            ROBOT_CONFIG_PATH if ROBOT_CONFIG_PATH.exists() else None
-        )
-        args.db = Path(load_config(config_path).recording.path).expanduser()
+        args.db = Path(load_config(find_config()).recording.path).expanduser()
     # Read-only unless deleting: looking at the car's recordings never changes them.
     return EpisodeStore(args.db, readonly=readonly)
 
