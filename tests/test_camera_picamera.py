@@ -102,7 +102,7 @@ def test_the_scene_content_is_the_current_frame(fake):
 def test_missing_camera_fails_at_start(fake):
     fake.reset(cameras=[])
     cam = Picamera2Camera(0)
-    with pytest.raises(CameraError, match="no such camera; 0 attached"):
+    with pytest.raises(CameraError, match="no such camera; libcamera sees 0"):
         cam.start()
     cam.close()
 

@@ -90,7 +90,11 @@ class Picamera2Camera(CaptureCamera):
             ) from exc
         cameras = Picamera2.global_camera_info()
         if self.camera_num >= len(cameras):
-            raise CameraError(f"{self._describe()}: no such camera; {len(cameras)} attached")
+            raise CameraError(
+                f"{self._describe()}: no such camera; libcamera sees {len(cameras)}. Check the "
+                "ribbon cable at both ends (the right way round), and what "
+                "'rpicam-hello --list-cameras' lists; camera.picamera2.camera_num picks one"
+            )
         try:
             cam = Picamera2(self.camera_num)
         except Exception as exc:

@@ -130,13 +130,13 @@ def cmd_drive(args: argparse.Namespace) -> int:
 def cmd_motors_off(args: argparse.Namespace) -> int:
     """What the systemd unit runs after the daemon, however it ended (``ExecStopPost=``): a
     killed or crashed process runs no ``stop()``, and a GPIO line keeps its last level."""
-    from malpi.daemon.control.build import build_drivetrain
+    from malpi.drivetrain.factory import drivetrain_from_config
 
     config = config_from_args(args)
     if config.drivetrain.backend == "sim":
         print("the simulated drivetrain has no outputs to stop")
         return 0
-    drivetrain = build_drivetrain(config)
+    drivetrain = drivetrain_from_config(config)
     try:
         drivetrain.stop()
     finally:

@@ -20,6 +20,7 @@ import zmq
 
 from malpi.actions import ActionTable
 from malpi.camera.base import Camera
+from malpi.camera.factory import camera_from_config
 from malpi.config import Config
 from malpi.daemon import ipc
 from malpi.daemon.control.children import ChildProcess, Supervisor
@@ -29,6 +30,7 @@ from malpi.daemon.control.notify import Notifier
 from malpi.daemon.control.ports import LinkPort, RecorderPort
 from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
+from malpi.drivetrain.factory import drivetrain_from_config
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import StepPolicy, write_runtime_model
 from malpi.policy.store import PolicyStore, shipped_policy
@@ -121,99 +123,6 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
     return bundle, "fresh untrained policy"
 
 
-def build_camera(config: Config, sim_world: Any = None) -> Camera:
-    cam = config.camera
-    common: dict[str, Any] = {
-        "height": cam.height,
-        "width": cam.width,
-        "hflip": cam.hflip,
-        "vflip": cam.vflip,
-        "crop": tuple(cam.crop) if cam.crop else None,
-    }
-    if cam.backend == "sim":
-        from malpi.camera.sim import SimCamera
-
-        return SimCamera(sim_world, fps=cam.fps)
-    if cam.backend == "picamera2":
-        from malpi.camera.picamera import Picamera2Camera
-
-        p = cam.picamera2
-        return Picamera2Camera(
-            p.camera_num,
-            capture_width=p.capture_width,
-            capture_height=p.capture_height,
-            fps=cam.fps,
-            **common,
-        )
-    if cam.backend == "opencv":
-        from malpi.camera.opencv import OpenCVCamera
-
-        o = cam.opencv
-        return OpenCVCamera(
-            o.source,
-            capture_width=o.capture_width or None,
-            capture_height=o.capture_height or None,
-            fps=cam.fps,
-            loop=o.loop,
-            **common,
-        )
-    from malpi.camera.replay import ReplayCamera
-
-    r = cam.replay
-    return ReplayCamera(Path(r.db).expanduser(), r.episode, fps=cam.fps, loop=r.loop, **common)
-
-
-def build_drivetrain(config: Config, sim_world: Any = None, pin_factory: Any = None) -> Drivetrain:
-    dt = config.drivetrain
-    if dt.backend == "sim":
-        from malpi.drivetrain.sim import SimDrivetrain
-
-        return SimDrivetrain(sim_world)
-    if dt.backend == "differential":
-        from malpi.drivetrain.gpio import DifferentialDrive
-
-        d = dt.differential
-        pin = lambda n: None if n < 0 else n  # noqa: E731 - -1 means "not wired"
-        pins = {
-            "left_forward": pin(d.left_forward),
-            "left_backward": pin(d.left_backward),
-            "right_forward": pin(d.right_forward),
-            "right_backward": pin(d.right_backward),
-        }
-        if d.driver == "phase_enable":
-            pins = {"left_phase": pin(d.left_phase), "right_phase": pin(d.right_phase)}
-        return DifferentialDrive(
-            driver=d.driver,
-            **pins,
-            left_enable=pin(d.left_enable),
-            right_enable=pin(d.right_enable),
-            left_inverted=d.left_inverted,
-            right_inverted=d.right_inverted,
-            max_speed=d.max_speed,
-            min_speed=d.min_speed,
-            steering_trim=d.steering_trim,
-            pwm_frequency=d.pwm_frequency or None,
-            pin_factory=pin_factory,
-        )
-    from malpi.drivetrain.servo import ServoDrive
-
-    s = dt.servo
-    return ServoDrive(
-        steering_pin=s.steering_pin,
-        throttle_pin=s.throttle_pin,
-        steering_min_us=s.steering_min_us,
-        steering_center_us=s.steering_center_us,
-        steering_max_us=s.steering_max_us,
-        steering_reversed=s.steering_reversed,
-        throttle_min_us=s.throttle_min_us,
-        throttle_neutral_us=s.throttle_neutral_us,
-        throttle_max_us=s.throttle_max_us,
-        throttle_reversed=s.throttle_reversed,
-        max_speed=s.max_speed,
-        pin_factory=pin_factory,
-    )
-
-
 def build_sim_world(config: Config) -> Any:
     from malpi.sim.car import CarParams
     from malpi.sim.realtime import RealTimeWorld
@@ -241,13 +150,13 @@ def build_robot(
         uses_sim = "sim" in (config.camera.backend, config.drivetrain.backend)
         sim_world = build_sim_world(config) if uses_sim else None
         # Motors first: claimed and stopped before anything else can fail or take time.
-        drivetrain = build_drivetrain(config, sim_world, pin_factory)
+        drivetrain = drivetrain_from_config(config, sim_world, pin_factory)
         drivetrain.stop()
         closers.append(drivetrain.close)
         runtime_dir = ipc.private_dir()
         closers.append(lambda: shutil.rmtree(runtime_dir, ignore_errors=True))
         policy, source, policy_file = boot_policy(config, runtime_dir / "models")
-        camera = build_camera(config, sim_world)
+        camera = camera_from_config(config, sim_world)
         camera.start()
         closers.append(camera.close)
         zctx = zmq.Context()
