@@ -20,6 +20,7 @@ AREAS = [
     "malpi.recorder.cli",
     "malpi.sim.cli",
     "malpi.daemon.cli",
+    "malpi.setup.cli",
     "malpi.rl.cli",
     "malpi.operator.cli",
     "malpi.operator.keys_cli",

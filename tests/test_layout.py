@@ -11,7 +11,7 @@ from pathlib import Path
 import malpi
 
 ROOT = Path(malpi.__file__).resolve().parent
-ROBOT_ONLY = ("malpi.daemon", "malpi.camera", "malpi.drivetrain")
+ROBOT_ONLY = ("malpi.daemon", "malpi.camera", "malpi.drivetrain", "malpi.setup")
 
 
 def _module_name(path: Path) -> str:
