@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install MaLPi as a systemd service on a Raspberry Pi (Raspberry Pi OS bookworm or newer).
 # Run from a checkout of the repository:  sudo tools/install-pi.sh
-# Re-running upgrades the code and the unit; an existing /etc/malpi/malpi.toml is kept.
+# Re-running upgrades the code and the unit; /etc/malpi/malpi.toml is written by malpi setup.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,19 +29,6 @@ python3 -m venv --system-site-packages "$prefix/venv"
 "$prefix/venv/bin/pip" install "$repo[robot]"
 
 install -d -m 0755 /etc/malpi
-if [ ! -f "$conf" ]; then
-  "$prefix/venv/bin/malpi" config show \
-    --set camera.backend=picamera2 \
-    --set drivetrain.backend=differential \
-    --set recording.path='"/var/lib/malpi/episodes.sqlite"' \
-    --set policy.store='"/var/lib/malpi/policies"' \
-    --set link.curve=true \
-    --set link.keys_dir='"/etc/malpi/keys"' \
-    --set link.command='"tcp://0.0.0.0:5555"' \
-    --set link.telemetry='"tcp://0.0.0.0:5556"' > "$conf.new"
-  mv "$conf.new" "$conf"
-  echo "wrote $conf: check the GPIO pins in [drivetrain.differential] before driving"
-fi
 # The link's CURVE key pair (docs/protocol.md, Security); only authorised clients get in.
 if [ ! -f /etc/malpi/keys/server.key_secret ]; then
   "$prefix/venv/bin/malpi" keys init --server --dir /etc/malpi/keys
@@ -50,12 +37,19 @@ install -d -m 0700 -o malpi -g malpi /etc/malpi/keys /etc/malpi/keys/authorized
 chown malpi:malpi /etc/malpi/keys/server.key /etc/malpi/keys/server.key_secret
 echo "authorise an operator: sudo $prefix/venv/bin/malpi keys authorize THEIR_client.key --name NAME --dir /etc/malpi/keys/authorized"
 echo "and give them /etc/malpi/keys/server.key (malpi keys trust $(hostname) server.key on their machine)"
-# Validate before installing the unit: a bad config must not reach the motors.
-"$prefix/venv/bin/malpi" config show --config "$conf" > /dev/null
-
 install -m 0644 "$repo/systemd/malpi.service" /etc/systemd/system/malpi.service
 systemd-analyze verify /etc/systemd/system/malpi.service
 systemctl daemon-reload
+# No configuration is guessed: pins and camera come from malpi setup, run at the car.
+if [ ! -f "$conf" ]; then
+  echo
+  echo "Installed. Next, at the car (wheels off the ground):"
+  echo "  sudo $prefix/venv/bin/malpi setup --service     # motors, calibration, camera -> $conf"
+  echo "  sudo systemctl enable --now malpi"
+  exit 0
+fi
+# Validate before (re)starting: a bad config must not reach the motors.
+"$prefix/venv/bin/malpi" config show --config "$conf" > /dev/null
 systemctl enable malpi.service
 systemctl restart malpi.service
 systemctl --no-pager status malpi.service || true
