@@ -12,6 +12,16 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install-pi.sh: run as root (sudo $0)" >&2
   exit 1
 fi
+# pip's constraints for this OS release (docs/platforms.md): the venv sees the OS's modules
+# built against its numpy, so pip must install a numpy they run with.
+# shellcheck source=/dev/null
+release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+constraints=$repo/tools/constraints/$release.txt
+if [ "$(dpkg --print-architecture)" != arm64 ] || [ -z "$release" ] || [ ! -f "$constraints" ]; then
+  echo "install-pi.sh: $(dpkg --print-architecture) ${release:-unknown release} is not supported;" \
+    "MaLPi needs 64-bit Raspberry Pi OS bookworm or trixie (docs/platforms.md)" >&2
+  exit 1
+fi
 
 # picamera2 and lgpio come from Raspberry Pi OS, not PyPI (libcamera's bindings are apt-only).
 apt-get update
@@ -26,7 +36,7 @@ done
 # The robot install: LiteRT, gpiozero, pyzmq, OpenCV. No TensorFlow.
 python3 -m venv --system-site-packages "$prefix/venv"
 "$prefix/venv/bin/pip" install --upgrade pip
-"$prefix/venv/bin/pip" install "$repo[robot]"
+"$prefix/venv/bin/pip" install -c "$constraints" "${repo}[robot]"
 
 install -d -m 0755 /etc/malpi
 # The link's CURVE key pair (docs/protocol.md, Security); only authorised clients get in.
