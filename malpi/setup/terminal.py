@@ -36,9 +36,15 @@ class Terminal:
 
     def choose(self, question: str, options: dict[str, str], default: str) -> str:
         """One of ``options`` (key -> what it means), asked until the answer is one of them."""
-        menu = ", ".join(f"{k} = {v}" for k, v in options.items())
+        if set(options) != {"y", "n"}:
+            self.say(question)
+            for key, meaning in options.items():
+                self.say(f"  {key:<14} {meaning}")
+            question = "  your choice"
+        else:
+            question += " (" + "/".join(options) + ")"
         while True:
-            answer = self.ask(f"{question} ({menu})", default).lower()
+            answer = self.ask(question, default).lower()
             if answer in options:
                 return answer
             self.say(f"  please answer one of: {', '.join(options)}")

@@ -251,7 +251,7 @@ class Setup:
     def choose_camera(self) -> None:
         backend = self.value("camera.backend")
         options = dict(CAMERAS)
-        if backend == "sim":  # only from a flag: the simulated camera, for trying the set-up
+        if "camera.backend" in self.settings and backend == "sim":  # only from a flag or --set
             options["sim"] = "the simulator's camera (no real camera)"
         default = backend if backend in options else "picamera2"
         self.settings["camera.backend"] = self.term.choose("Camera", options, default)
