@@ -83,7 +83,10 @@ class OpenCVCamera(CaptureCamera):
         if isinstance(self.source, str):
             self.is_file = _is_regular_file(self.source)
             if not self.is_file and "://" not in self.source and not os.path.exists(self.source):
-                raise CameraError(f"{self._describe()}: no such file or device")
+                raise CameraError(
+                    f"{self._describe()}: no such file or device (a webcam plugged in? "
+                    "ls /dev/video* lists them; camera.opencv.source picks one)"
+                )
         self._cap = self._new_capture()
         if self.is_file:
             file_fps = self._cap.get(cv2.CAP_PROP_FPS)
