@@ -189,3 +189,17 @@ def test_a_motor_test_stops_on_ctrl_c_and_a_lost_terminal(tmp_path, sig):
     assert "RIGHT wheel" not in out  # it did not go on to the next output
     if sig != signal.SIGINT:
         assert "outputs stopped" in err and "Traceback" not in err
+
+
+def test_a_servo_car_arms_its_esc_then_tests_steering_and_throttle(tmp_path, pins):
+    out = tmp_path / "malpi.toml"
+    rc = main(["setup", "--yes", "--out", str(out), "--drivetrain", "servo", "--no-camera",
+               "--seconds", "0.2"])  # fmt: skip
+    assert rc == 0 and load_config(out).drivetrain.backend == "servo"
+    frame_us = 20000
+    steering, throttle = pins.pin(12), pins.pin(13)
+    # Neutral first (the ESC arms on it), then forward at 30 %: 1500 + 0.3 * 500 us.
+    throttle_pulses = [round(s.state * frame_us) for s in throttle.states if s.state]
+    assert throttle_pulses[0] == 1500 and max(throttle_pulses) == 1650
+    assert max(round(s.state * frame_us) for s in steering.states) == 1800  # 0.6 of the way right
+    assert throttle.state == 0 and steering.state == 0  # released: no pulses
