@@ -7,26 +7,25 @@ import threading
 import time
 from pathlib import Path
 
+import make_fixtures
 from gpiozero.pins.mock import MockFactory, MockPWMPin
-from policy_helpers import TINY_SPEC
 
-from malpi.actions import DEFAULT_ACTIONS
 from malpi.config import load_config
 from malpi.daemon.control.build import build_robot
-from malpi.policy.export import make_bundle
-from malpi.policy.model import build_policy
-from malpi.policy.spec import PolicySpec
 
 PINS = (17, 27, 22, 23)  # the default differential pins: left fwd/back, right fwd/back
 RATE_HZ = 50.0
 PERIOD = 1.0 / RATE_HZ
 
-# The tiny policy sized to the camera the tests configure.
-SPEC = PolicySpec.from_dict({**TINY_SPEC.to_dict()})
+# The tiny policy the tests drive (committed in tests/data/: no TensorFlow needed), and the
+# camera size they configure is its image size.
+SPEC = make_fixtures.SPEC
 
 
 def make_policy_file(tmp: Path) -> Path:
-    return make_bundle(build_policy(SPEC, seed=2), DEFAULT_ACTIONS).save(tmp / "tiny.malpi")
+    path = tmp / "tiny.malpi"
+    path.write_bytes(make_fixtures.read("a"))
+    return path
 
 
 def robot_config(tmp: Path, policy: Path, **overrides):

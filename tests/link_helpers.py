@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import make_fixtures
 import zmq
-from daemon_helpers import SPEC, robot_config, running_robot
-from policy_helpers import sharpen
+from daemon_helpers import robot_config, running_robot
 
-from malpi.actions import DEFAULT_ACTIONS
 from malpi.config import config_from_dict
 from malpi.operator.client import RobotClient
 from malpi.protocol import schema
@@ -27,19 +25,9 @@ LOOPBACK = {
 }
 
 
-@functools.cache
 def bundles() -> dict[str, bytes]:
-    """Two good bundles for the test camera, built once per test process (TensorFlow)."""
-    from malpi.policy.export import make_bundle
-    from malpi.policy.model import build_policy
-
-    out = {}
-    for name, seed in (("a", 2), ("b", 7)):
-        net = build_policy(SPEC, seed=seed)
-        if name == "b":
-            sharpen(net)  # decides differently from "a"
-        out[name] = make_bundle(net, DEFAULT_ACTIONS).to_bytes()
-    return out
+    """Two good bundles for the test camera ("b" is another policy than "a"), from tests/data/."""
+    return {name: make_fixtures.read(name) for name in make_fixtures.RECIPES}
 
 
 def policy_file(tmp: Path, name: str = "a") -> Path:

@@ -12,6 +12,11 @@ unchanged (checked), so the replay sees the very pixels the car's policy saw.
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import time
 
 import cv2

@@ -6,19 +6,13 @@ import subprocess
 import sys
 import time
 
-from policy_helpers import TINY_SPEC
+from daemon_helpers import SPEC, make_policy_file
 
 from malpi.recorder.store import EpisodeStore
 
 
 def test_drive_sim_drives_records_and_stops_on_ctrl_c(tmp_path):
-    from malpi.actions import DEFAULT_ACTIONS
-    from malpi.policy.export import make_bundle
-    from malpi.policy.model import build_policy
-
-    policy = make_bundle(build_policy(TINY_SPEC, seed=1), DEFAULT_ACTIONS).save(
-        tmp_path / "p.malpi"
-    )
+    policy = make_policy_file(tmp_path)
     db = tmp_path / "rec.sqlite"
     cmd = [
         sys.executable,
@@ -31,9 +25,9 @@ def test_drive_sim_drives_records_and_stops_on_ctrl_c(tmp_path):
         "--set",
         f'recording.path="{db}"',
         "--set",
-        f"camera.width={TINY_SPEC.image_width}",
+        f"camera.width={SPEC.image_width}",
         "--set",
-        f"camera.height={TINY_SPEC.image_height}",
+        f"camera.height={SPEC.image_height}",
     ]
     env = {**os.environ, "MALPI_STATUS_LINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -1,5 +1,6 @@
 """The commands end to end: `malpi drive --sim` serves the link; telemetry, push and teleop use it."""
 
+import contextlib
 import json
 import os
 import signal
@@ -8,8 +9,9 @@ import subprocess
 import sys
 import time
 
+from daemon_helpers import SPEC
+from extras import needs_pygame
 from link_helpers import bundles
-from policy_helpers import TINY_SPEC
 
 
 def free_port() -> int:
@@ -28,10 +30,12 @@ def malpi(*args, timeout=60, env=None):
     )
 
 
-def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
+@contextlib.contextmanager
+def served_drive(tmp_path):
+    """`malpi drive --sim` serving its link on free loopback ports, stopped with SIGINT after.
+
+    Yields the command address and the telemetry options of the client commands."""
     (tmp_path / "a.malpi").write_bytes(bundles()["a"])
-    (tmp_path / "b.malpi").write_bytes(bundles()["b"])
-    (tmp_path / "bad.malpi").write_bytes(bundles()["b"][:5000])
     cmd_port, tel_port = free_port(), free_port()
     drive = subprocess.Popen(
         [
@@ -39,8 +43,8 @@ def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
             "--set", f'policy.path="{tmp_path / "a.malpi"}"',
             "--set", f'policy.store="{tmp_path / "store"}"',
             "--set", f'recording.path="{tmp_path / "rec.sqlite"}"',
-            "--set", f"camera.width={TINY_SPEC.image_width}",
-            "--set", f"camera.height={TINY_SPEC.image_height}",
+            "--set", f"camera.width={SPEC.image_width}",
+            "--set", f"camera.height={SPEC.image_height}",
             "--set", f'link.command="tcp://127.0.0.1:{cmd_port}"',
             "--set", f'link.telemetry="tcp://127.0.0.1:{tel_port}"',
         ],
@@ -48,37 +52,49 @@ def test_drive_serves_the_link_to_telemetry_push_and_teleop(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    host = f"127.0.0.1:{cmd_port}"
-    opts = ["--insecure", "--timeout", "10"]  # push: commands only
-    conn = [host, "--telemetry-port", str(tel_port), *opts]
     try:
-        out = malpi("telemetry", *conn, "--count", "6", "--topic", "step", "--topic", "frame")
+        yield f"127.0.0.1:{cmd_port}", ["--telemetry-port", str(tel_port)]
+    finally:
+        drive.send_signal(signal.SIGINT)
+        _, err = drive.communicate(timeout=30)
+    assert drive.returncode == 0, err[-3000:]
+    assert f"link: commands on tcp://127.0.0.1:{cmd_port}" in err
+
+
+OPTS = ["--insecure", "--timeout", "10"]
+
+
+def test_drive_serves_the_link_to_telemetry_and_push(tmp_path):
+    (tmp_path / "b.malpi").write_bytes(bundles()["b"])
+    (tmp_path / "bad.malpi").write_bytes(bundles()["b"][:5000])
+    with served_drive(tmp_path) as (host, telemetry):
+        topics = ["--topic", "step", "--topic", "frame"]
+        out = malpi("telemetry", host, *telemetry, *OPTS, "--count", "6", *topics)
         assert out.returncode == 0, out.stderr[-2000:]
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(lines) == 6 and {m["topic"] for m in lines} <= {"step", "frame"}
         step = next(m for m in lines if m["topic"] == "step")
         assert step["mode"] == "auto" and step["source"] == "policy" and len(step["probs"]) == 5
 
-        pushed = malpi("push", host, str(tmp_path / "b.malpi"), *opts)
+        pushed = malpi("push", host, str(tmp_path / "b.malpi"), *OPTS)  # push: commands only
         assert pushed.returncode == 0, pushed.stderr[-2000:]
         assert "running v1-" in pushed.stdout and "kept for the next boot" in pushed.stdout
-        bad = malpi("push", host, str(tmp_path / "bad.malpi"), *opts)
+        bad = malpi("push", host, str(tmp_path / "bad.malpi"), *OPTS)
         assert bad.returncode == 1 and "refused (rejected)" in bad.stdout
-        back = malpi("push", host, *opts, "--rollback", "--json")
+        back = malpi("push", host, *OPTS, "--rollback", "--json")
         assert back.returncode == 0 and json.loads(back.stdout)["type"] == "rollback_policy"
 
+
+@needs_pygame
+def test_drive_serves_the_link_to_teleop(tmp_path):
+    with served_drive(tmp_path) as (host, telemetry):
         shot = tmp_path / "teleop.png"
         ui = malpi(
-            "teleop", *conn, "--seconds", "1.5", "--size", "320x240", "--screenshot", str(shot),
-            env={"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"},
+            "teleop", host, *telemetry, *OPTS, "--seconds", "1.5", "--size", "320x240",
+            "--screenshot", str(shot), env={"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"},
         )  # fmt: skip
         assert ui.returncode == 0, ui.stderr[-2000:]
         assert shot.stat().st_size > 10_000
-    finally:
-        drive.send_signal(signal.SIGINT)
-        _, err = drive.communicate(timeout=30)
-    assert drive.returncode == 0, err[-3000:]
-    assert f"link: commands on tcp://127.0.0.1:{cmd_port}" in err
 
 
 def test_drive_refuses_a_busy_link_address_before_moving(tmp_path):
@@ -92,8 +108,8 @@ def test_drive_refuses_a_busy_link_address_before_moving(tmp_path):
             "drive", "--sim", "--quiet", "--duration", "5",
             "--set", f'policy.path="{tmp_path / "a.malpi"}"',
             "--set", f'recording.path="{tmp_path / "rec.sqlite"}"',
-            "--set", f"camera.width={TINY_SPEC.image_width}",
-            "--set", f"camera.height={TINY_SPEC.image_height}",
+            "--set", f"camera.width={SPEC.image_width}",
+            "--set", f"camera.height={SPEC.image_height}",
             "--set", f'link.command="tcp://127.0.0.1:{port}"',
             "--set", 'link.telemetry="tcp://127.0.0.1:*"',
         )  # fmt: skip

@@ -2,8 +2,10 @@
 accepted bundles persisted and used at the next boot, rollback."""
 
 import io
+import sys
 import threading
 import time
+import types
 import zipfile
 
 import numpy as np
@@ -67,7 +69,9 @@ def _corrupt(data):
 
 
 def _wrong_architecture(data):  # the manifest's spec no longer fits the weights and models
-    return rezip(data, manifest_edit=lambda m: m["spec"].update(lstm_units=16))
+    return rezip(
+        data, manifest_edit=lambda m: m["spec"].update(lstm_units=2 * m["spec"]["lstm_units"])
+    )
 
 
 def _wrong_camera(data):  # a bundle for another image size
@@ -224,14 +228,15 @@ def test_pushing_the_policy_a_failed_rollback_left_running_persists_it(tmp_path,
 
 
 def test_a_broken_stored_policy_is_skipped_at_boot(tmp_path, caplog, monkeypatch):
-    import malpi.policy.export as export
-    import malpi.policy.model as model
-
     store = PolicyStore(tmp_path / "store")
     store.commit([store.put("v1-broken", bundles()["a"][:1000])])
-    # Stand-ins for the last fallback, so that the test needs no TensorFlow model.
-    monkeypatch.setattr(model, "build_policy", lambda spec, seed=0: "net")
-    monkeypatch.setattr(export, "make_bundle", lambda net, actions, provenance=None: "fresh")
+    # Stand-ins for the modules of the last fallback (a fresh model), so that the test needs no
+    # TensorFlow model, nor TensorFlow: the robot install runs it too.
+    model, export = types.ModuleType("malpi.policy.model"), types.ModuleType("malpi.policy.export")
+    model.build_policy = lambda spec, seed=0: "net"
+    export.make_bundle = lambda net, actions, provenance=None: "fresh"
+    monkeypatch.setitem(sys.modules, "malpi.policy.model", model)
+    monkeypatch.setitem(sys.modules, "malpi.policy.export", export)
     with caplog.at_level("WARNING"):
         bundle, source = load_policy_bundle(link_config(tmp_path, **{"policy.path": ""}))
     assert (bundle, source) == ("fresh", "fresh untrained policy")

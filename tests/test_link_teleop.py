@@ -6,13 +6,14 @@ import time
 import numpy as np
 import pytest
 from daemon_helpers import PERIOD, duty, moving, wait_until
+from extras import NEEDS_PYGAME
 from link_helpers import link_config, running_link
 
 from malpi.protocol.schema import ActionInfo
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-pygame = pytest.importorskip("pygame")
+pygame = pytest.importorskip("pygame", reason=NEEDS_PYGAME)
 
 from malpi.operator.teleop import MODE_COLOURS, Teleop, choose_action  # noqa: E402
 

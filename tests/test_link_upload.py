@@ -68,7 +68,7 @@ def test_a_bundle_pushed_in_parts_is_loaded(tmp_path, monkeypatch):
     from link_helpers import bundles, link_config, running_link
 
     data = bundles()["b"]
-    monkeypatch.setattr(schema, "PART_BYTES", 64 * 1024)  # the client's part size
+    monkeypatch.setattr(schema, "PART_BYTES", 16 * 1024)  # the client's part size
     assert len(data) > 3 * schema.PART_BYTES
     with running_link(link_config(tmp_path)) as d, d.client() as c:
         c.set_mode("auto")

@@ -4,19 +4,32 @@ import io
 import os
 import zipfile
 
+import make_fixtures
 import numpy as np
 import pytest
-from policy_helpers import TINY_SPEC, edit_weights, rezip
+from extras import needs_tf
+from policy_helpers import edit_weights, rezip
 
 from malpi.actions import DEFAULT_ACTIONS, ActionTable
 from malpi.policy.bundle import BundleError, PolicyBundle
-from malpi.policy.export import make_bundle
-from malpi.policy.model import build_policy
+from malpi.policy.spec import PolicySpec
+
+SPEC = make_fixtures.SPEC  # the tiny policy of tests/data/
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return make_bundle(build_policy(TINY_SPEC, seed=1), DEFAULT_ACTIONS, provenance={"test": True})
+    """A new bundle of the tiny policy's weights and LiteRT models (made as make_bundle makes one,
+    less the conversion, which needs TensorFlow)."""
+    tiny = PolicyBundle.from_bytes(make_fixtures.read("a"))
+    return PolicyBundle.create(
+        spec=tiny.spec,
+        actions=tiny.actions,
+        weights=tiny.weights,
+        tflite_float=tiny.tflite_float,
+        tflite_int8=tiny.tflite_int8,
+        provenance={"test": True},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +41,7 @@ def test_round_trip_keeps_everything(bundle, data, tmp_path):
     path = bundle.save(tmp_path / "p.malpi")
     loaded = PolicyBundle.load(path)
     assert loaded.manifest == bundle.manifest
-    assert loaded.spec == TINY_SPEC and loaded.actions == DEFAULT_ACTIONS
+    assert loaded.spec == SPEC and loaded.actions == DEFAULT_ACTIONS
     assert loaded.tflite_float == bundle.tflite_float and loaded.tflite_int8 == bundle.tflite_int8
     for name, w in bundle.weights.items():
         np.testing.assert_array_equal(loaded.weights[name], w)
@@ -123,9 +136,13 @@ def test_manifest_schema_is_enforced(data):
         PolicyBundle.from_bytes(buf.getvalue())
 
 
+@needs_tf
 def test_model_that_does_not_fit_the_spec_is_rejected(data):
+    from malpi.policy.export import make_bundle
+    from malpi.policy.model import build_policy
+
     other = make_bundle(
-        build_policy(TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "lstm_units": 16})),
+        build_policy(PolicySpec(**{**SPEC.__dict__, "lstm_units": 8})),
         DEFAULT_ACTIONS,
         check_parity=False,
     )
@@ -163,7 +180,7 @@ def test_the_daemon_refuses_a_policy_trained_at_another_rate(tmp_path, data):
 
     path = tmp_path / "p.malpi"
     path.write_bytes(rezip(data, manifest_edit=lambda m: m.update(control_hz=20.0)))
-    size = {"camera.height": TINY_SPEC.image_height, "camera.width": TINY_SPEC.image_width}
+    size = {"camera.height": SPEC.image_height, "camera.width": SPEC.image_width}
     at_30 = {"policy.path": str(path), "loop.rate_hz": 30.0, **size}
     with pytest.raises(BundleError, match="policy.allow_rate_mismatch"):
         load_policy_bundle(load_config(None, at_30))

@@ -1,7 +1,11 @@
 """The sequence and step views of the policy: shapes, spec arithmetic, exact equivalence, resets."""
 
-import numpy as np
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import numpy as np
 from policy_helpers import TINY_SPEC, scale_weights
 
 from malpi.actions import NO_ACTION, one_hot

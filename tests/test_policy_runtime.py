@@ -4,31 +4,44 @@ import subprocess
 import sys
 import textwrap
 
+import make_fixtures
 import numpy as np
 import pytest
-from policy_helpers import TINY_SPEC, sharpen
+from extras import needs_tf
+from policy_helpers import TINY_SPEC
 
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, one_hot
-from malpi.policy.export import make_bundle, random_observation
-from malpi.policy.model import build_policy
+from malpi.policy.bundle import PolicyBundle
+from malpi.policy.export import random_observation
 from malpi.policy.runtime import PolicyOutputError, StepPolicy
 
 STEPS = 60
+SPEC = make_fixtures.SPEC  # the tiny policies of tests/data/ (no TensorFlow needed)
 
 
 @pytest.fixture(scope="module")
 def net():
+    from malpi.policy.model import build_policy
+
     return build_policy(TINY_SPEC, seed=11)
 
 
 @pytest.fixture(scope="module")
-def bundle(net):
+def made(net):
+    """A bundle made from ``net`` here, to compare with the Keras model it came from."""
+    from malpi.policy.export import make_bundle
+
     return make_bundle(net, DEFAULT_ACTIONS)
 
 
-def observations(n, seed=0):
+@pytest.fixture(scope="module")
+def bundle():
+    return PolicyBundle.from_bytes(make_fixtures.read("a"))
+
+
+def observations(n, seed=0, spec=SPEC):
     rng = np.random.default_rng(seed)
-    return [random_observation(TINY_SPEC, rng) for _ in range(n)]
+    return [random_observation(spec, rng) for _ in range(n)]
 
 
 def keras_episode(net, obs, prev_actions):
@@ -42,10 +55,11 @@ def keras_episode(net, obs, prev_actions):
     return rows
 
 
+@needs_tf
 @pytest.mark.parametrize("backend", ["litert_float", "tf"])
-def test_backend_matches_keras_on_every_output(net, bundle, backend):
-    obs = observations(STEPS)
-    policy = StepPolicy(bundle, backend=backend)
+def test_backend_matches_keras_on_every_output(net, made, backend):
+    obs = observations(STEPS, spec=TINY_SPEC)
+    policy = StepPolicy(made, backend=backend)
     prev, prevs, got = NO_ACTION, [], []
     for o in obs:
         prevs.append(prev)
@@ -66,9 +80,7 @@ def test_backend_matches_keras_on_every_output(net, bundle, backend):
 
 
 def test_int8_agrees_on_the_argmax_of_a_sharpened_model():
-    sharp = build_policy(TINY_SPEC, seed=4)
-    sharpen(sharp)
-    b = make_bundle(sharp, DEFAULT_ACTIONS)
+    b = PolicyBundle.from_bytes(make_fixtures.read("b"))  # sharpened: decides like a trained one
     f32, i8 = StepPolicy(b, backend="litert_float"), StepPolicy(b, backend="litert_int8")
     agree, actions_taken = 0, []
     obs = observations(300, seed=5)
@@ -78,7 +90,7 @@ def test_int8_agrees_on_the_argmax_of_a_sharpened_model():
         agree += a.action == q.action
         actions_taken.append(a.action)
         prev = a.action  # both fed the same history
-    counts = np.bincount(list(actions_taken), minlength=TINY_SPEC.num_actions)
+    counts = np.bincount(list(actions_taken), minlength=SPEC.num_actions)
     assert np.sort(counts)[-2] >= 30, "the test needs a policy whose decisions vary"
     assert agree / len(obs) >= 0.97
 
@@ -108,7 +120,7 @@ def test_sampling_follows_the_probabilities_and_is_seeded(bundle):
     o = observations(1, seed=9)[0]
     a = StepPolicy(bundle, backend="litert_float", sample=True, seed=42)
     b = StepPolicy(bundle, backend="litert_float", sample=True, seed=42)
-    counts = np.zeros(TINY_SPEC.num_actions)
+    counts = np.zeros(SPEC.num_actions)
     probs = None
     for _ in range(3000):
         a.reset()
@@ -123,7 +135,7 @@ def test_sampling_follows_the_probabilities_and_is_seeded(bundle):
 def test_non_finite_output_raises_and_keeps_the_state(bundle):
     class NaNBackend:  # a numerical blow-up inside the model, injected at the backend boundary
         def run(self, obs, prev, h, c):
-            return np.full(TINY_SPEC.num_actions, np.nan, np.float32), 0.0, h + 1, c + 1
+            return np.full(SPEC.num_actions, np.nan, np.float32), 0.0, h + 1, c + 1
 
     policy = StepPolicy(bundle, backend="litert_float")
     policy._backend = NaNBackend()
@@ -152,7 +164,7 @@ def test_litert_runtime_never_imports_tensorflow(bundle, tmp_path):
         b = PolicyBundle.load({str(path)!r})
         for backend in ("litert_float", "litert_int8"):
             p = StepPolicy(b, backend=backend)
-            r = p.step(np.zeros({TINY_SPEC.observation_shape}, np.uint8), -1)
+            r = p.step(np.zeros({SPEC.observation_shape}, np.uint8), -1)
         bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
         print("IMPORTED", bad)
         assert not bad, bad

@@ -1,8 +1,11 @@
 """``malpi bench rl`` plumbing on a tiny budget: every method runs, the report has its keys."""
 
-import json
-
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import json
 
 from malpi.cli import main
 from malpi.rl.bench import format_table, run_bench, sb3_available

@@ -1,10 +1,14 @@
 """DRQN: replay sequences with stored state, burn-in plumbing, n-step double-Q targets, a short run."""
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import dataclasses
 
 import gymnasium as gym
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from malpi.policy.model import build_policy

@@ -1,7 +1,11 @@
 """The feed-forward control (``PolicySpec(recurrent=False)``): same views, no memory, valid bundles."""
 
-import numpy as np
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import numpy as np
 from policy_helpers import TINY_SPEC
 
 from malpi.actions import ActionTable

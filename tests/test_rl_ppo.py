@@ -1,8 +1,12 @@
 """Recurrent PPO / A2C: GAE, reset masking, stored states, the padding mask, a short training run."""
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import gymnasium as gym
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from malpi.policy.model import build_policy

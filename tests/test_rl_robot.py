@@ -1,7 +1,11 @@
 """The robot loop end to end against the daemon on the simulator, and the reward source."""
 
-import numpy as np
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import numpy as np
 import tensorflow as tf
 from link_helpers import bundles, link_config, running_link
 

@@ -1,7 +1,11 @@
 """Fine-tuning an image policy in the simulator: the reward, the critic warm-up, the new bundle."""
 
-import numpy as np
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import numpy as np
 from policy_helpers import TINY_SPEC
 
 from malpi.actions import DEFAULT_ACTIONS

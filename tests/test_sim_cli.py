@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from extras import needs_gym
 
 from malpi.cli import main
 from malpi.sim.cli import parse_seeds
@@ -33,6 +34,7 @@ def test_map_with_expert_drive_and_trajectory_files(tmp_path, capsys):
     assert "expert drove 1 lap" in capsys.readouterr().out
 
 
+@needs_gym
 def test_view_writes_a_strip_of_camera_frames(tmp_path):
     out = tmp_path / "view.png"
     assert main(["sim", "view", "--seed", "1001", "--out", str(out), "--frames", "4",
@@ -58,6 +60,7 @@ def test_expert_command_reports_laps(capsys):
     assert "1000" in capsys.readouterr().out
 
 
+@needs_gym
 def test_bench_sim_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "sim", "--seconds", "0.3", "--no-carracing", "--json", str(out)]) == 0
@@ -67,6 +70,7 @@ def test_bench_sim_json(tmp_path, capsys):
     assert "steps/s" in capsys.readouterr().out
 
 
+@needs_gym
 def test_the_simulator_imports_no_tensorflow_or_robot_libraries():
     import subprocess
     import sys

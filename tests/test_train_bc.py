@@ -3,10 +3,14 @@ an interrupted run resumes from its checkpoint, every state mode trains, logs ar
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import json
 
 import numpy as np
-import pytest
 from policy_helpers import TINY_SPEC
 from train_helpers import IMAGE, tiny_config, tiny_demos
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import json
 
 from policy_helpers import TINY_SPEC

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import numpy as np
 from policy_helpers import TINY_SPEC
 from train_helpers import IMAGE, TINY_SIM, operator_recording, tiny_config, tiny_demos

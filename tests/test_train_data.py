@@ -3,8 +3,12 @@ augmentation, weights."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
+import numpy as np
 from train_helpers import IMAGE, operator_recording, synthetic_episode, tiny_demos
 
 from malpi.actions import DEFAULT_ACTIONS, ActionTable

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_GYM
+
+pytest.importorskip("gymnasium", reason=NEEDS_GYM)
+
 from malpi.config import Config
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import StepPolicy

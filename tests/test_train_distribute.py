@@ -3,14 +3,17 @@ split must happen before TensorFlow initialises, and must not leak into other te
 
 from __future__ import annotations
 
+import pytest
+from extras import NEEDS_TF
+
+pytest.importorskip("tensorflow", reason=NEEDS_TF)
+
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 SCRIPT = textwrap.dedent(
     """

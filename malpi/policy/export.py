@@ -1,17 +1,22 @@
-"""Turn a Keras policy into a bundle: LiteRT float and int8 step models, after a parity check."""
+"""Turn a Keras policy into a bundle: LiteRT float and int8 step models, after a parity check.
+
+TensorFlow is imported where a model is converted, not with this module, so that
+``random_observation`` works on the robot install too (its tests use it)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from malpi.actions import ActionTable, one_hot
 from malpi.policy.bundle import PolicyBundle
-from malpi.policy.model import PolicyNetwork
+
+if TYPE_CHECKING:
+    from malpi.policy.model import PolicyNetwork
 
 log = logging.getLogger(__name__)
 
