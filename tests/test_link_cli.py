@@ -78,7 +78,13 @@ def test_drive_serves_the_link_to_telemetry_and_push(tmp_path):
 
         pushed = malpi("push", host, str(tmp_path / "b.malpi"), *OPTS)  # push: commands only
         assert pushed.returncode == 0, pushed.stderr[-2000:]
-        assert "running v1-" in pushed.stdout and "kept for the next boot" in pushed.stdout
+        assert "running v1-" in pushed.stdout
+        assert "running, not kept: the car boots v1-" in pushed.stdout  # policy.path boots
+        status = malpi("status", host, *OPTS)
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert "(pushed " in status.stdout and "boots     v1-" in status.stdout
+        keep = malpi("push", host, *OPTS, "--keep")
+        assert keep.returncode == 1 and "refused (refused): policy.path is set" in keep.stdout
         bad = malpi("push", host, str(tmp_path / "bad.malpi"), *OPTS)
         assert bad.returncode == 1 and "refused (rejected)" in bad.stdout
         back = malpi("push", host, *OPTS, "--rollback", "--json")
@@ -150,6 +156,8 @@ def test_commands_fail_fast_and_clearly_without_a_robot(tmp_path, capsys):
     for args in (
         ["push", host, str(junk)],
         ["push", host, "--rollback"],
+        ["push", host, "--keep"],
+        ["status", host],
         ["telemetry", host, "--count", "1"],  # telemetry alone would wait forever
         ["pull", host, "--list"],
     ):
@@ -158,4 +166,5 @@ def test_commands_fail_fast_and_clearly_without_a_robot(tmp_path, capsys):
         assert time.monotonic() - t0 < 5, args
         assert f"no reply from tcp://{host} within 0.5 s" in capsys.readouterr().err
     assert main(["push", host]) == 1
-    assert "malpi: error: malpi push: give a BUNDLE file, or --rollback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "malpi: error: malpi push: give a BUNDLE file, --keep (the running policy) or" in err

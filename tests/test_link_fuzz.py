@@ -22,6 +22,7 @@ VALID = {  # one valid request of each type, to mutate
     "record": {"on": True},
     "load_policy": {"bundle": b"PK\x03\x04"},
     "rollback_policy": {},
+    "keep_policy": {},
 }
 
 scalars = (

@@ -1,5 +1,5 @@
 """Hot reload over the link: no missed period, bad bundles rejected with the old policy still driving,
-accepted bundles persisted and used at the next boot, rollback."""
+one load at a time, the policy store's file format. (Which policy boots: test_link_keep.py.)"""
 
 import io
 import sys
@@ -42,7 +42,9 @@ def test_hot_reload_in_auto_misses_no_period(tmp_path):
         assert loop.stats.missed_periods == missed, "a period was missed during a reload"
         assert loop.stats.periods > periods
         assert [r.version for r in replies] == [label(n) for n in "babab"]
-        assert replies[0].previous == label("a") and all(r.persisted for r in replies)
+        assert replies[0].previous == label("a")
+        # Only "a" boots (policy.path): a push runs, and boots only when kept.
+        assert [r.persisted for r in replies] == [n == "a" for n in "babab"]
         # Each swap started a new episode with a reset LSTM state, between two periods.
         assert [r.episode for r in replies] == list(
             range(replies[0].episode, replies[0].episode + 5)
@@ -144,89 +146,6 @@ def test_bad_bundles_are_rejected_and_the_old_policy_keeps_driving(tmp_path):
         assert reply.version == label("b")
 
 
-def test_accepted_bundle_is_used_at_next_boot_and_rollback_returns(tmp_path):
-    store = PolicyStore(tmp_path / "store")
-    boot = link_config(tmp_path, **{"policy.path": ""})
-    with running_link(link_config(tmp_path)) as d, d.client() as c:
-        with pytest.raises(RobotError, match="refused: no previous policy"):
-            c.rollback_policy()
-        episode = c.status().episode
-        same = c.load_policy(bundles()["a"])  # what runs already: nothing changes
-        assert (same.version, same.previous) == (label("a"), label("a"))
-        assert same.note.startswith("already running: nothing changed (it runs from ")
-        assert same.episode == episode and not same.persisted
-        assert store.history() == [] and c.status().episode == episode
-        c.load_policy(bundles()["b"])
-        assert [e.label for e in store.history()] == [label("a"), label("b")]
-        bundle, source = load_policy_bundle(boot)  # what the next boot would run
-        assert bundle.label == label("b") and source.startswith("policy store")
-        back = c.rollback_policy()
-        assert (back.version, back.previous) == (label("a"), label("b"))
-        assert d.robot.loop.policy.version == label("a") and back.persisted
-        assert load_policy_bundle(boot)[0].label == label("a")
-        with pytest.raises(RobotError, match="refused: no previous policy"):
-            c.rollback_policy()
-        assert c.status().policy_source.startswith("rolled back")
-    # The store keeps whole, valid bundles, written atomically (no temp files left).
-    assert sorted(p.suffix for p in store.directory.iterdir()) == [".json", ".malpi"]
-
-
-@pytest.mark.parametrize("failing", ["put", "commit"])
-def test_pushing_an_unpersisted_running_policy_again_persists_it(tmp_path, monkeypatch, failing):
-    store = PolicyStore(tmp_path / "store")
-    boot = link_config(tmp_path, **{"policy.path": ""})
-    real = getattr(PolicyStore, failing)
-
-    def full_disk(*args, **kwargs):
-        raise OSError("No space left on device")
-
-    with running_link(link_config(tmp_path), in_process=True) as d, d.client() as c:
-        loop = d.robot.loop
-        monkeypatch.setattr(PolicyStore, failing, full_disk)
-        first = c.load_policy(bundles()["b"])  # accepted and running, but not persisted
-        assert (first.version, first.previous) == (label("b"), label("a"))
-        assert not first.persisted and "No space left on device" in first.note
-        assert store.current() is None and loop.policy.version == label("b")
-        running, episode = loop.policy, c.status().episode
-        again = c.load_policy(bundles()["b"])  # the disk is still full
-        assert not again.persisted and "No space left on device" in again.note
-        assert again.previous == again.version and store.current() is None
-        monkeypatch.setattr(PolicyStore, failing, real)
-        fixed = c.load_policy(bundles()["b"])  # now it is persisted, without a swap
-        assert (fixed.version, fixed.previous) == (label("b"), label("b"))
-        assert fixed.persisted and fixed.episode == episode
-        assert loop.policy is running and c.status().episode == episode
-        assert store.current().label == label("b")
-        assert load_policy_bundle(boot)[0].label == label("b")
-        same = c.load_policy(bundles()["b"])  # persisted already: nothing changes
-        assert same.persisted and same.note == "already running: nothing changed"
-        assert loop.policy is running and c.status().episode == episode
-
-
-def test_pushing_the_policy_a_failed_rollback_left_running_persists_it(tmp_path, monkeypatch):
-    store = PolicyStore(tmp_path / "store")
-    boot = link_config(tmp_path, **{"policy.path": ""})
-    with running_link(link_config(tmp_path), in_process=True) as d, d.client() as c:
-        loop = d.robot.loop
-        assert c.load_policy(bundles()["b"]).persisted
-        real = PolicyStore.commit
-
-        def read_only(self, history):
-            raise OSError("Read-only file system")
-
-        monkeypatch.setattr(PolicyStore, "commit", read_only)
-        back = c.rollback_policy()
-        assert back.version == label("a") and not back.persisted
-        assert store.current().label == label("b")  # the store still names b
-        running, episode = loop.policy, c.status().episode
-        monkeypatch.setattr(PolicyStore, "commit", real)
-        fixed = c.load_policy(bundles()["a"])
-        assert fixed.persisted and (fixed.version, fixed.previous) == (label("a"), label("a"))
-        assert loop.policy is running and fixed.episode == episode == c.status().episode
-        assert [e.label for e in store.history()] == [label("a")]  # what the rollback meant
-        assert load_policy_bundle(boot)[0].label == label("a")
-
-
 def test_a_broken_stored_policy_is_skipped_at_boot(tmp_path, caplog, monkeypatch):
     store = PolicyStore(tmp_path / "store")
     store.commit([store.put("v1-broken", bundles()["a"][:1000])])
@@ -248,10 +167,10 @@ def test_a_second_load_while_one_runs_is_busy(tmp_path):
         real = d.link.policies.load
         started = threading.Event()
 
-        def slow_load(data):
+        def slow_load(data, keep=False):
             started.set()
             time.sleep(0.6)
-            return real(data)
+            return real(data, keep)
 
         d.link.policies.load = slow_load
         result = {}

@@ -24,6 +24,8 @@ REQUESTS = [
     schema.Record(v=1, on=False),
     schema.LoadPolicy(v=1, bundle=b"PK\x03\x04" + bytes(100)),
     schema.RollbackPolicy(v=1, id=9),
+    schema.LoadPolicy(v=1, bundle=b"PK", keep=True),
+    schema.KeepPolicy(v=1, id=10),
 ]
 
 
@@ -45,6 +47,12 @@ def test_replies_round_trip():
         ),
         schema.RollbackReply(
             version="v1-b", previous=None, episode=4, load_ms=1.0, persisted=False
+        ),
+        schema.KeepReply(
+            boot_policy_version="v2-a",
+            boot_policy_source="kept in the store, pushed 2026-12-04T03:50Z",
+            previous_boot="v1-b",
+            changed=True,
         ),
         schema.ErrorReply(id=7, code="busy", message="a load is running"),
     ]
@@ -136,6 +144,7 @@ def test_the_document_names_every_message_field_and_code():
     missing += [c for c in schema.ERROR_CODES if f"`{c}`" not in DOC]
     structs = [*schema.REQUEST_TYPES, *schema.TELEMETRY_TYPES.values()]
     structs += [schema.StatusReply, schema.PolicyReply, schema.ModeReply, schema.DriveReply]
+    structs += [schema.KeepReply]
     structs += [schema.EndEpisodeReply, schema.RecordReply, schema.ActionInfo, schema.RecorderInfo]
     structs += [schema.EpisodeList, schema.EpisodeSummary, schema.EpisodeChunk, schema.StepRecord]
     for cls in structs:

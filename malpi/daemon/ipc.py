@@ -97,6 +97,12 @@ class State(Struct, tag="state", kw_only=True):
     policy_sha256: str | None
     policy_source: str
     policy_file: str  # the bundle file it was loaded from ("" if none is known)
+    # The policy the next boot runs (the daemon's BootPolicy): it may differ from the running
+    # one after a push that was not kept.
+    boot_policy_version: str | None = None
+    boot_policy_sha256: str | None = None
+    boot_policy_source: str = ""
+    boot_policy_file: str = ""
     rate_hz: float
     periods: int
     missed_periods: int

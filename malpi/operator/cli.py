@@ -1,4 +1,4 @@
-"""The operator's commands: ``malpi teleop``, ``telemetry``, ``push`` and ``pull``."""
+"""The operator's commands: ``malpi teleop``, ``telemetry``, ``status``, ``push`` and ``pull``."""
 
 from __future__ import annotations
 
@@ -36,9 +36,28 @@ def register(commands, bench) -> None:  # noqa: ARG001 - no benchmarks here
     m.add_argument("--frame-data", action="store_true", help="include frames' JPEG bytes (base64)")
     m.set_defaults(func=cmd_telemetry)
 
-    p = commands.add_parser("push", help="load a policy bundle into the running robot")
+    st = commands.add_parser(
+        "status", help="the robot's mode, faults, and which policy runs and which boots"
+    )
+    _connection_args(st)
+    st.add_argument("--json", action="store_true", help="print the status reply as JSON")
+    st.set_defaults(func=cmd_status)
+
+    p = commands.add_parser(
+        "push",
+        help="run a policy bundle on the robot now (--keep: and boot it from now on)",
+        description="Run a policy bundle on the robot now. It boots only if kept: --keep with "
+        "the bundle keeps it at once; --keep alone keeps the policy running now (push, watch "
+        "it drive, then keep it). --rollback returns to the boot policy from one not kept, "
+        "or from the boot policy to the one kept before it.",
+    )
     _connection_args(p)
     p.add_argument("bundle", nargs="?", help="the .malpi bundle file")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="make it the boot policy (without a bundle: the policy running now)",
+    )
     p.add_argument("--rollback", action="store_true", help="return to the previous policy instead")
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(func=cmd_push)
@@ -139,23 +158,63 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_push(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     import msgspec
 
     from malpi.operator.client import RobotError
 
-    if not args.rollback and not args.bundle:
-        raise ValueError("malpi push: give a BUNDLE file, or --rollback")
-    data = None if args.rollback else Path(args.bundle).read_bytes()
+    with _client(args) as client:
+        try:
+            s = client.status()
+        except RobotError as exc:
+            print(f"malpi status: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(msgspec.json.encode(s).decode())
+        return 0
+    print(f"mode      {s.mode}, episode {s.episode} step {s.step}, {s.rate_hz:.1f} Hz")
+    print(f"faults    {', '.join(f'{k} ({v})' for k, v in s.faults.items()) or 'none'}")
+    note = f" ({s.recording_note})" if s.recording_note else ""
+    print(f"recording {'on' if s.recording else 'off'}{note}")
+    print(f"policy    {s.policy_version or 'none'} ({s.policy_source or 'unknown'})")
+    print(f"boots     {_boots(s)}")
+    return 0
+
+
+def _boots(s) -> str:
+    """What the robot boots, as `malpi status` says it (an older robot does not say)."""
+    if s.boot_policy_source is None:
+        return "unknown (this robot does not say)"
+    same = s.boot_policy_sha256 is not None and s.boot_policy_sha256 == s.policy_sha256
+    if same or (s.boot_policy_sha256 is None and s.boot_policy_version == s.policy_version):
+        return "the same"
+    return f"{s.boot_policy_version or 'no policy'} ({s.boot_policy_source})"
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from malpi.operator.client import RobotError
+    from malpi.protocol.schema import KeepReply
+
+    if args.rollback and (args.bundle or args.keep):
+        raise ValueError("malpi push: --rollback takes no BUNDLE and no --keep")
+    if not args.rollback and not args.bundle and not args.keep:
+        raise ValueError(
+            "malpi push: give a BUNDLE file, --keep (the running policy) or --rollback"
+        )
+    data = Path(args.bundle).read_bytes() if args.bundle else None
     with _client(args) as client:
         client.ping()  # a robot that is not there fails now, not after the load's long wait
         timeout = args.timeout or LOAD_TIMEOUT
         try:
-            if data is None:
+            if args.rollback:
                 reply = client.rollback_policy(timeout)
+            elif data is None:
+                reply = client.keep_policy(timeout)
             else:
                 print(f"sending {args.bundle} ({len(data) / 1e6:.1f} MB)...", file=sys.stderr)
-                reply = client.load_policy(data, timeout)
+                reply = client.load_policy(data, timeout, keep=args.keep)
         except RobotError as exc:
             if args.json:
                 print(
@@ -165,19 +224,28 @@ def cmd_push(args: argparse.Namespace) -> int:
                 )
             else:
                 print(f"refused ({exc.code}): {exc.message}")
+                if args.keep and exc.code in ("invalid", "unknown_type") and "keep" in exc.message:
+                    print("(this robot's daemon predates keeping: it keeps every push)")
             return 1
     if args.json:
         print(msgspec.json.encode(reply).decode())
         return 0
+    if isinstance(reply, KeepReply):
+        if reply.changed:
+            print(f"kept {reply.boot_policy_version}: the car boots it from now on")
+            print(f"(it booted {reply.previous_boot or 'no policy'} before)")
+        else:
+            print(f"{reply.boot_policy_version} is the boot policy already: nothing changed")
+        print(f"boots: {reply.boot_policy_version} ({reply.boot_policy_source})")
+        return 0
     if not args.rollback and reply.previous == reply.version:
-        print(f"{reply.version} runs already: nothing changed (episode {reply.episode} goes on)")
+        print(f"{reply.version} runs already (episode {reply.episode} goes on)")
     else:
         verb = "rolled back to" if args.rollback else "running"
         print(f"{verb} {reply.version} (was {reply.previous}); episode {reply.episode}")
         print(f"validated and built in {reply.load_ms:.0f} ms off the control loop")
-    print(
-        "kept for the next boot" if reply.persisted else f"NOT kept for the next boot: {reply.note}"
-    )
+    # The robot's note says what boots and why (a policy that runs is not always kept).
+    print(reply.note or ("the car boots it" if reply.persisted else "NOT kept for the next boot"))
     return 0
 
 

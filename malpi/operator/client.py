@@ -166,22 +166,30 @@ class RobotClient:
     def record(self, on: bool) -> schema.RecordReply:
         return self.request(schema.Record(v=schema.PROTOCOL_VERSION, on=on))
 
-    def load_policy(self, bundle: bytes | str | os.PathLike, timeout: float = 120.0):
-        """Push a bundle (its bytes or its file); the robot's reply once it is loaded. One over
-        ``schema.PART_BYTES`` goes in parts, so that no message holds up the robot's link."""
+    def load_policy(
+        self, bundle: bytes | str | os.PathLike, timeout: float = 120.0, keep: bool = False
+    ) -> schema.PolicyReply:
+        """Push a bundle (its bytes or its file); the robot's reply once it runs. It becomes the
+        boot policy only with ``keep``. One over ``schema.PART_BYTES`` goes in parts, so that
+        no message holds up the robot's link."""
         data = bundle if isinstance(bundle, bytes) else Path(bundle).read_bytes()
         v = schema.PROTOCOL_VERSION
         if len(data) <= schema.PART_BYTES:
-            return self.request(schema.LoadPolicy(v=v, bundle=data), timeout)
+            return self.request(schema.LoadPolicy(v=v, bundle=data, keep=keep), timeout)
         view, step = memoryview(data), schema.PART_BYTES
         for offset in range(0, len(data), step):
             part = view[offset : offset + step]
             reply = self.request(
-                schema.LoadPolicy(v=v, bundle=part, offset=offset, total=len(data)), timeout
+                schema.LoadPolicy(v=v, bundle=part, offset=offset, total=len(data), keep=keep),
+                timeout,
             )
         return reply
 
-    def rollback_policy(self, timeout: float = 120.0):
+    def keep_policy(self, timeout: float = 120.0) -> schema.KeepReply:
+        """Make the running policy the one the robot boots with."""
+        return self.request(schema.KeepPolicy(v=schema.PROTOCOL_VERSION), timeout)
+
+    def rollback_policy(self, timeout: float = 120.0) -> schema.RollbackReply:
         return self.request(schema.RollbackPolicy(v=schema.PROTOCOL_VERSION), timeout)
 
     def list_episodes(self, since: int = 0, limit: int = schema.MAX_LIST_EPISODES):

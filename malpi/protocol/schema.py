@@ -37,7 +37,7 @@ ErrorCode = Literal[
     "invalid",  # a known type with missing, extra or wrongly typed fields, or values out of range
     "bad_version",  # ``v`` is not this server's protocol version
     "too_large",  # over MAX_COMMAND_BYTES (or a bundle over MAX_BUNDLE_BYTES)
-    "busy",  # a policy load or rollback is already running
+    "busy",  # a policy load, keep or rollback is already running
     "rejected",  # the policy bundle failed validation; the running policy is untouched
     "refused",  # valid, but not possible now (e.g. recording not configured, nothing to roll back to)
     "not_found",  # no such episode in the robot's recording
@@ -107,7 +107,7 @@ class Record(Request, tag="record"):
     on: bool
 
 
-class LoadPolicy(Request, tag="load_policy"):
+class LoadPolicy(Request, tag="load_policy", omit_defaults=True):
     # A policy bundle file (msgpack bin), whole or a part of it. Decoded as a zero-copy view of
     # the received frame, so that a 50 MB bundle is never copied while holding the GIL.
     bundle: memoryview
@@ -116,10 +116,18 @@ class LoadPolicy(Request, tag="load_policy"):
     # is answered with a PolicyPartReply; the last with the load's reply.
     offset: UInt = 0
     total: UInt | None = None
+    # Also make it the boot policy (keep it in the policy store). Without it the bundle runs
+    # until the next boot only. Left out when false (omit_defaults), so that a robot older than
+    # this field still takes a plain push; in parts, the last part's counts.
+    keep: bool = False
 
 
 class RollbackPolicy(Request, tag="rollback_policy"):
     pass
+
+
+class KeepPolicy(Request, tag="keep_policy"):
+    """Make the running policy the boot policy (e.g. after a push, once it has driven well)."""
 
 
 class ListEpisodes(Request, tag="list_episodes"):
@@ -143,6 +151,7 @@ REQUEST_TYPES = (
     Record,
     LoadPolicy,
     RollbackPolicy,
+    KeepPolicy,
     ListEpisodes,
     GetEpisode,
 )
@@ -156,6 +165,7 @@ AnyRequest = (
     | Record
     | LoadPolicy
     | RollbackPolicy
+    | KeepPolicy
     | ListEpisodes
     | GetEpisode
 )
@@ -205,6 +215,11 @@ class StatusReply(Reply, tag="status"):
     policy_sha256: str | None = None  # the running policy's identity: its bundle file's SHA-256
     recording_note: str | None = None  # why recording is off although it was asked for
     started_at: float | None = None  # when the control loop started (wall clock)
+    # The policy the next boot runs, and where it comes from: the running one unless a push was
+    # not kept (e.g. "policy.path /x/y.malpi", "kept in the store, pushed ...", "shipped default").
+    boot_policy_version: str | None = None
+    boot_policy_source: str | None = None
+    boot_policy_sha256: str | None = None
 
 
 class ModeReply(Reply, tag="set_mode"):
@@ -239,12 +254,20 @@ class PolicyReply(Reply, tag="load_policy"):
     previous: str | None
     episode: int  # the new episode started with it
     load_ms: float  # validating and building it, off the control loop
-    persisted: bool  # kept in the policy store, used at the next boot
-    note: str | None = None  # e.g. why it was not persisted
+    persisted: bool  # the policy running now is the one the next boot runs
+    note: str | None = None  # e.g. "running, not kept: the car boots v2-... (...)"
 
 
 class RollbackReply(PolicyReply, tag="rollback_policy"):
     pass
+
+
+class KeepReply(Reply, tag="keep_policy"):
+    boot_policy_version: str  # the policy the car boots now: the running one
+    boot_policy_source: str  # where it boots from, e.g. "kept in the store, pushed ..."
+    previous_boot: str | None  # what it booted before (the same when nothing changed)
+    changed: bool  # False: the running policy was the boot policy already
+    note: str | None = None
 
 
 class PolicyPartReply(Reply, tag="load_policy_part"):
@@ -311,6 +334,7 @@ AnyReply = (
     | PolicyReply
     | PolicyPartReply
     | RollbackReply
+    | KeepReply
     | EpisodeList
     | EpisodeChunk
     | ErrorReply
@@ -360,6 +384,9 @@ class StatusMsg(Struct, kw_only=True):
     faults: dict[str, str]
     recorder: RecorderInfo | None = None
     cpu_temp_c: float | None = None
+    policy_source: str | None = None  # as in StatusReply
+    boot_policy_version: str | None = None
+    boot_policy_source: str | None = None
 
 
 class EventMsg(Struct, kw_only=True):
@@ -583,6 +610,9 @@ def encode_telemetry(topic: str, payload: dict[str, Any], **extra: Any) -> bytes
             faults=p["faults"],
             recorder=RecorderInfo(**rec) if rec else None,
             cpu_temp_c=extra.get("cpu_temp_c"),
+            policy_source=p.get("policy_source"),
+            boot_policy_version=p.get("boot_policy_version"),
+            boot_policy_source=p.get("boot_policy_source"),
         )
     elif topic == "event":
         details = {k: v for k, v in p.items() if k not in ("t", "kind", "message")}

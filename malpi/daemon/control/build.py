@@ -33,7 +33,14 @@ from malpi.drivetrain.base import Drivetrain
 from malpi.drivetrain.factory import drivetrain_from_config
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.runtime import StepPolicy, write_runtime_model
-from malpi.policy.store import PolicyStore, shipped_policy
+from malpi.policy.store import (
+    SHIPPED_SOURCE,
+    BootPolicy,
+    PolicyStore,
+    kept_source,
+    path_source,
+    shipped_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,40 +80,45 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
     """The policy to boot with, in this order:
 
     1. ``policy.path``, when set;
-    2. the policy store's current policy (the last one accepted over the link);
-    3. the installed default policy;
+    2. the policy store's boot policy (the last one kept: ``malpi push --keep``);
+    3. the shipped default policy;
     4. a fresh untrained one (needs TensorFlow).
 
     Returns (bundle or None, where it came from). A configured path that fails
     validation is an error: the daemon must not silently drive another policy.
     A stored policy that fails validation is skipped with a warning.
     """
+    bundle, source, _ = _load_boot(config)
+    return bundle, source
+
+
+def _load_boot(config: Config) -> tuple[PolicyBundle | None, str, str]:
+    """:func:`load_policy_bundle`, and the bundle file it read ("" if none)."""
     expect = config.bundle_expectations()
     if config.policy.path:
         path = Path(config.policy.path).expanduser()
-        return PolicyBundle.load(path, **expect), str(path)
+        return PolicyBundle.load(path, **expect), path_source(path), str(path)
     store = PolicyStore(config.policy.store)
     current = store.current()
     if current is not None:
         try:
             bundle = PolicyBundle.load(store.path(current), **expect)
-            return bundle, f"policy store ({current.file})"
+            return bundle, kept_source(current), str(store.path(current))
         except ValueError as exc:
             log.warning("the policy store's current policy is unusable, skipping it: %s", exc)
     shipped = shipped_policy()
     if shipped.is_file():
         try:
-            return PolicyBundle.from_bytes(
-                shipped.read_bytes(), **expect
-            ), "installed default policy"
+            bundle = PolicyBundle.from_bytes(shipped.read_bytes(), **expect)
+            return bundle, SHIPPED_SOURCE, str(shipped)
         except ValueError as exc:
-            log.warning("the installed default policy does not fit this configuration: %s", exc)
+            log.warning("the shipped default policy does not fit this configuration: %s", exc)
     try:
         from malpi.policy.export import make_bundle
         from malpi.policy.model import build_policy
         from malpi.policy.spec import DEFAULT_SPEC, PolicySpec
     except ImportError:
-        return None, "none (no policy configured and TensorFlow is not installed to make one)"
+        return None, "none (no policy configured and TensorFlow is not installed to make one)", ""
     spec = PolicySpec.from_dict(
         {
             **DEFAULT_SPEC.to_dict(),
@@ -120,7 +132,7 @@ def load_policy_bundle(config: Config) -> tuple[PolicyBundle | None, str]:
         config.action_table,
         provenance={"made_by": "malpi drive (fresh, untrained)"},
     )
-    return bundle, "fresh untrained policy"
+    return bundle, "fresh untrained policy", ""
 
 
 def build_sim_world(config: Config) -> Any:
@@ -155,7 +167,7 @@ def build_robot(
         closers.append(drivetrain.close)
         runtime_dir = ipc.private_dir()
         closers.append(lambda: shutil.rmtree(runtime_dir, ignore_errors=True))
-        policy, source, policy_file = boot_policy(config, runtime_dir / "models")
+        policy, boot = boot_policy(config, runtime_dir / "models")
         camera = camera_from_config(config, sim_world)
         camera.start()
         closers.append(camera.close)
@@ -209,9 +221,10 @@ def build_robot(
             config=config.to_dict(),
             stage_history=stage_history,
             link=link,
-            policy_source=source,
+            policy_source=boot.source,
         )
-        loop.policy_file = policy_file
+        loop.policy_file = boot.file
+        loop.boot_policy = boot
         loop.loader = PolicyLoader(
             config.policy.backend,
             config.policy.sample,
@@ -231,7 +244,7 @@ def build_robot(
             telemetry,
             sim_world,
             closers,
-            source,
+            boot.source,
             link,
             supervisor,
             runtime_dir,
@@ -241,12 +254,12 @@ def build_robot(
         raise
 
 
-def boot_policy(config: Config, models: Path) -> tuple[StepPolicy | None, str, str]:
-    """The policy the daemon boots with: (policy or None, where from, its bundle file or "")."""
-    bundle, source = load_policy_bundle(config)
+def boot_policy(config: Config, models: Path) -> tuple[StepPolicy | None, BootPolicy]:
+    """The policy the daemon boots with: (policy or None, what it is and where it came from)."""
+    bundle, source, file = _load_boot(config)
     if bundle is None:
-        log.warning("no policy: %s; auto mode will not drive", source)
-        return None, source, ""
+        log.warning("policy: none: %s; auto mode will not drive", source)
+        return None, BootPolicy(None, None, source, file)
     c = config.policy
     model = write_runtime_model(bundle, c.backend, models)
     policy = StepPolicy.from_model_file(
@@ -258,20 +271,28 @@ def boot_policy(config: Config, models: Path) -> tuple[StepPolicy | None, str, s
         sample=c.sample,
         num_threads=c.num_threads,
     )
-    log.info("policy %s (%s, %s)", bundle.label, source, c.backend)
-    return policy, source, _bundle_file(config, source)
+    # What runs and what the next boot runs, said once where everyone looks first; the link
+    # changes the second only when asked (a keep, a rollback), and status says it from then on.
+    backend = BACKEND_NAMES.get(c.backend, c.backend)
+    log.info(
+        "policy: %s (%s, %s); boots: the same%s",
+        bundle.label,
+        source,
+        backend,
+        _unused_store(config),
+    )
+    return policy, BootPolicy(bundle.label, bundle.sha256, source, file)
 
 
-def _bundle_file(config: Config, source: str) -> str:
-    if config.policy.path:
-        return str(Path(config.policy.path).expanduser())
-    store = PolicyStore(config.policy.store)
-    current = store.current()
-    if source.startswith("policy store") and current is not None:
-        return str(store.path(current))
-    if source == "installed default policy":
-        return str(shipped_policy())
-    return ""
+BACKEND_NAMES = {"litert_int8": "LiteRT int8", "litert_float": "LiteRT float", "tf": "TensorFlow"}
+
+
+def _unused_store(config: Config) -> str:
+    """A note for the log when policy.path hides a policy kept in the store."""
+    if not config.policy.path:
+        return ""
+    kept = PolicyStore(config.policy.store).current()
+    return f" (policy.path is set: {kept.label}, kept in the store, is not used)" if kept else ""
 
 
 def _close_all(closers: list) -> None:

@@ -42,6 +42,7 @@ from malpi.daemon.control.safety import Faults
 from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.runtime import StepPolicy
+from malpi.policy.store import BootPolicy
 from malpi.recorder.recorder import EpisodeMeta, Step
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class ControlLoop:
         self.policy = policy
         self.policy_source = policy_source  # where the running policy came from
         self.policy_file = ""  # and the bundle file it was read from, if known
+        # What the next boot runs: set at build, changed by the link when it keeps or rolls back.
+        self.boot_policy = BootPolicy(None, None, "")
         self.recorder = recorder
         self.link = link
         # Set as each period ends: the policy loader clears it and waits, to start its GIL-held
@@ -213,6 +216,9 @@ class ControlLoop:
             "step": self.step_index,
             "recording": self.recording,
             "policy_version": self.policy.version if self.policy else None,
+            "policy_source": self.policy_source or None,
+            "boot_policy_version": self.boot_policy.version,
+            "boot_policy_source": self.boot_policy.source or None,
             "rate_hz": round(self.stats.rate_hz, 2),
             "periods": self.stats.periods,
             "missed_periods": self.stats.missed_periods,
@@ -235,6 +241,10 @@ class ControlLoop:
             policy_sha256=self.policy.sha256 if self.policy else None,
             policy_source=self.policy_source,
             policy_file=self.policy_file,
+            boot_policy_version=self.boot_policy.version,
+            boot_policy_sha256=self.boot_policy.sha256,
+            boot_policy_source=self.boot_policy.source,
+            boot_policy_file=self.boot_policy.file,
             rate_hz=round(self.stats.rate_hz, 2),
             periods=self.stats.periods,
             missed_periods=self.stats.missed_periods,
@@ -631,6 +641,8 @@ class ControlLoop:
                 result = self._new_episode(outcome, f"episode {outcome}", final_reward=reward)
             elif cmd.kind == "record":
                 result = self._set_recording(bool(a["on"]))
+            elif cmd.kind == "policy_source":
+                result = self._set_policy_source(a)
             else:
                 raise ValueError(f"unknown command {cmd.kind!r}")
         except RuntimeError as exc:  # not possible now (e.g. recording not configured)
@@ -639,6 +651,20 @@ class ControlLoop:
             self.link.reply(cmd.token, code="invalid", message=f"{type(exc).__name__}: {exc}")
         else:
             self.link.reply(cmd.token, result)
+
+    def _set_policy_source(self, a: dict[str, Any]) -> dict[str, Any]:
+        """The link's word after it changed the policy store (a keep, a rollback): where the
+        running policy comes from now (``source``, ``file``; only if it still runs the policy
+        ``sha256``) and what boots (``boot``). Bookkeeping only: nothing about driving changes."""
+        if "source" in a and (self.policy is None or self.policy.sha256 != a.get("sha256")):
+            raise RuntimeError("the running policy is not the one the link meant")
+        boot = BootPolicy(**a["boot"]) if "boot" in a else self.boot_policy
+        if "source" in a:
+            self.policy_source, self.policy_file = str(a["source"]), str(a.get("file", ""))
+        self.boot_policy = boot
+        if self.link is not None:  # before the reply: a status asked after it is current
+            self.link.send_state()
+        return {"policy_source": self.policy_source, "boot_policy_version": boot.version}
 
     def _load_policy(self, token: int, args: dict[str, Any]) -> None:
         if self.loader is None:

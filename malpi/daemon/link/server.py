@@ -252,9 +252,9 @@ class LinkServer:
                 call("record", on=req.on),
                 lambda r: schema.RecordReply(recording=r["recording"], episode=r["episode"]),
             )
-        elif isinstance(req, schema.LoadPolicy | schema.RollbackPolicy):
+        elif isinstance(req, schema.LoadPolicy | schema.RollbackPolicy | schema.KeepPolicy):
             if self._loading:
-                raise ProtocolError("busy", "a policy load or rollback is already running")
+                raise ProtocolError("busy", "a policy load, keep or rollback is already running")
             if isinstance(req, schema.LoadPolicy) and req.total is not None:
                 data, received = self.uploads.add(envelope[0], req, time.monotonic())
                 req.bundle = memoryview(b"")
@@ -263,12 +263,14 @@ class LinkServer:
                     reply.id = req.id
                     self._send(envelope, reply)
                     return
-                job = lambda: self.policies.load(data)  # noqa: E731
+                job = lambda: self.policies.load(data, req.keep)  # noqa: E731
             elif isinstance(req, schema.LoadPolicy):
                 # The received frame itself (the view keeps it alive until the load is done):
                 # copying 50 MB here would hold the GIL, and every request waiting, for ~40 ms.
                 data, req.bundle = req.bundle, memoryview(b"")
-                job = lambda: self.policies.load(data)  # noqa: E731
+                job = lambda: self.policies.load(data, req.keep)  # noqa: E731
+            elif isinstance(req, schema.KeepPolicy):
+                job = self.policies.keep
             else:
                 job = self.policies.rollback
             self._loading = True
@@ -336,6 +338,9 @@ class LinkServer:
             curve=self.config.link.curve,
             started_at=s.started_at,
             server_time=time.time(),
+            boot_policy_version=s.boot_policy_version,
+            boot_policy_source=s.boot_policy_source or None,
+            boot_policy_sha256=s.boot_policy_sha256,
         )
 
     def _event(self, kind: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
