@@ -129,7 +129,7 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    path: str = ""  # bundle; "" = the store's current, else the installed default, else fresh
+    path: str = ""  # bundle; "" = the last kept in the store, else the shipped default
     backend: str = "litert_int8"  # litert_int8 | litert_float | tf
     sample: bool = False  # draw actions from the probabilities instead of argmax
     num_threads: int = 1

@@ -317,6 +317,11 @@ def run_robot_loop(host: str, cfg: RobotLoopConfig, client: Any = None) -> list[
                 }
             )
             bundle = new
+        if history:  # pushes run but are not kept: the car still boots what it booted before
+            log.info(
+                "the robot runs %s until it restarts; malpi push HOST --keep keeps it",
+                history[-1]["pushed"],
+            )
         return history
     finally:
         if own:
