@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from malpi.config import add_config_args, config_from_args, find_config
 
@@ -91,6 +92,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     # Binds now (in the link process): a refused or busy address stops here, motors stopped.
     robot = build_robot(config, notifier=notifier, debug=args.verbose, child_cpus=child_cpus)
     loop = robot.loop
+    status_line: StatusLine | None = None
     try:
         if robot.command_endpoint:
             log.info(
@@ -99,7 +101,8 @@ def cmd_drive(args: argparse.Namespace) -> int:
                 robot.telemetry_endpoint,
             )
         if not args.quiet and sys.stderr.isatty() or os.environ.get("MALPI_STATUS_LINE"):
-            robot.telemetry.add_sink(StatusLine(robot).sink)
+            status_line = StatusLine(robot)
+            status_line.attach()
         mode = args.mode or ("auto" if args.sim else "paused")
         if mode != "paused":
             loop.set_mode(mode)
@@ -113,9 +116,10 @@ def cmd_drive(args: argparse.Namespace) -> int:
             log.info("control thread: %s", realtime.raise_control_thread(config.realtime.priority))
         return loop.run()
     finally:
+        if status_line is not None:  # first: what closing logs goes to plain stderr
+            status_line.close()
         robot.close()
         notifier.close()
-        print(file=sys.stderr)
         status = loop.status()
         log.info(
             "stopped after %d periods (%d missed); %d episodes",
@@ -158,29 +162,83 @@ def _replace(config, section: str, **changes):
 
 
 class StatusLine:
-    """A one-line live view on stderr, refreshed from status and step telemetry."""
+    """A one-line live view on stderr, refreshed from status and step telemetry.
 
-    def __init__(self, robot) -> None:
+    The line is drawn with ``\\r`` and no newline. While it shows, the root logger's stderr
+    handlers write through :meth:`write`, which clears the line before a record and redraws it
+    after, so a log record never lands glued to the end of the line. Events are not printed
+    here: :meth:`Telemetry.event` logs each one already.
+    """
+
+    def __init__(self, robot, stream: TextIO | None = None) -> None:
         self.robot = robot
+        self.stream = stream if stream is not None else sys.stderr
         self.last_step: dict[str, Any] = {}
+        self._line = ""  # the latest status text, redrawn after each log record
+        self._showing = False  # the line is on screen (the cursor is at its end)
+        self._lock = threading.Lock()  # the loop thread draws, any thread logs
+        self._handlers: list[logging.StreamHandler] = []
+
+    def attach(self) -> None:
+        """Route the root logger's handlers on this stream through the line; start drawing."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(self)  # type: ignore[arg-type]  # write/flush is all it uses
+                self._handlers.append(handler)
+        self.robot.telemetry.add_sink(self.sink)
+
+    def close(self) -> None:
+        """Stop drawing; the last status stays on screen, ended with a newline."""
+        self.robot.telemetry.remove_sink(self.sink)
+        for handler in self._handlers:
+            handler.setStream(self.stream)
+        self._handlers = []
+        with self._lock:
+            if self._showing:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._showing = False
+
+    def write(self, text: str) -> int:
+        """A log handler's write: clear the line, write the record, redraw the line."""
+        with self._lock:
+            if self._showing:
+                self.stream.write("\r\033[K")
+                self._showing = False
+            self.stream.write(text)
+            if text.endswith("\n") and self._line:
+                self.stream.write(self._line)
+                self._showing = True
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def sink(self, topic: str, payload: dict[str, Any]) -> None:
         if topic == "step":
             self.last_step = payload
-        elif topic == "event":
-            sys.stderr.write(f"\r\033[K{payload['kind']}: {payload['message']}\n")
         elif topic == "status":
-            s, step = payload, self.last_step
-            action = step.get("action")
-            name = self.robot.loop.actions[action].name if action is not None else "-"
-            lat = step.get("latency_ms", {}).get("inference", 0.0)
-            extra = ""
-            if self.robot.sim_world is not None:
-                info = self.robot.sim_world.info()
-                extra = f" laps {info.get('laps', 0)} speed {info.get('speed', 0):.2f} m/s"
-            faults = ",".join(s["faults"]) or "ok"
-            sys.stderr.write(
-                f"\r\033[K{s['mode']:<6} ep {s['episode']} step {s['step']:<5} {s['rate_hz']:5.1f} Hz "
-                f"action {name:<10} infer {lat:.2f} ms rec {'on' if s['recording'] else 'off'}{extra} [{faults}]"
-            )
-            sys.stderr.flush()
+            self._draw(self._format(payload))
+
+    def _format(self, s: dict[str, Any]) -> str:
+        step = self.last_step
+        action = step.get("action")
+        name = self.robot.loop.actions[action].name if action is not None else "-"
+        lat = step.get("latency_ms", {}).get("inference", 0.0)
+        extra = ""
+        if self.robot.sim_world is not None:
+            info = self.robot.sim_world.info()
+            extra = f" laps {info.get('laps', 0)} speed {info.get('speed', 0):.2f} m/s"
+        faults = ",".join(s["faults"]) or "ok"
+        return (
+            f"{s['mode']:<6} ep {s['episode']} step {s['step']:<5} {s['rate_hz']:5.1f} Hz "
+            f"action {name:<10} infer {lat:.2f} ms rec {'on' if s['recording'] else 'off'}"
+            f"{extra} [{faults}]"
+        )
+
+    def _draw(self, line: str) -> None:
+        with self._lock:
+            self._line = line
+            self.stream.write(f"\r\033[K{line}")
+            self.stream.flush()
+            self._showing = True

@@ -572,7 +572,7 @@ class ControlLoop:
         if mode is Mode.PAUSED:
             self.drivetrain.stop()
         if old is not mode or rearmed:
-            msg = f"mode {old} -> {mode}" + (
+            msg = f"{old} -> {mode}" + (  # logged and shown as "mode: paused -> auto"
                 f", re-armed after {', '.join(rearmed)}" if rearmed else ""
             )
             self.telemetry.event("mode", msg, mode=str(mode), previous=str(old), rearmed=rearmed)
