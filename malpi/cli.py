@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from malpi import quiet
+
 DESCRIPTION = (
     "MaLPi: drive, record, train and evaluate a small robot car, on the car or in its simulator."
 )
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    # TensorFlow's C++ start-up chatter: the level is read when TensorFlow is imported (by a
+    # handler, never while the parser is built); what ignores it, malpi.quiet filters.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet.set_enabled(not args.verbose)
+    quiet.quiet_tensorflow_import()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 from daemon_helpers import SPEC, make_policy_file
+from extras import needs_tf
+
+from malpi import quiet
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
@@ -40,3 +43,47 @@ def test_drive_status_line_and_log_records_do_not_mix(tmp_path):
     assert err.count("mode: paused -> auto") == 1, err
     assert err.count("control loop stopped (duration reached)") == 1, err
     assert "mode: mode" not in err
+
+
+# What TensorFlow and LiteRT print on fd 2 by themselves on a machine without a GPU.
+CHATTER = ("XNNPACK delegate", "cuInit", "Could not find cuda drivers", "absl::InitializeLog")
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a user's shell: without the test suite's own quieting of TensorFlow."""
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _malpi(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "malpi", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_user_env(), timeout=timeout)
+
+
+def test_litert_commands_print_no_native_chatter(tmp_path):
+    out = _malpi("policy", "info", str(make_policy_file(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert not [word for word in CHATTER if word in out.stderr], out.stderr
+    verbose = _malpi("-v", "policy", "info", str(make_policy_file(tmp_path)))
+    assert "XNNPACK delegate" in verbose.stderr  # -v shows what the native libraries say
+
+
+@needs_tf
+def test_tensorflow_commands_print_no_native_chatter(tmp_path):
+    out = _malpi("policy", "new", "--out", str(tmp_path / "new.malpi"))
+    assert out.returncode == 0, out.stderr
+    assert not [word for word in CHATTER if word in out.stderr], out.stderr
+    assert "parity: LiteRT float vs Keras" in out.stderr  # the command's own log still shows
+
+
+def test_filtered_stderr_drops_only_the_known_lines(capfd):
+    with quiet.filtered_stderr():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 00:00:1.5 42 model.cc:7] a real error\n")
+        os.write(2, b"no newline at the end")
+    assert (
+        capfd.readouterr().err
+        == "E0000 00:00:1.5 42 model.cc:7] a real error\nno newline at the end"
+    )

@@ -19,9 +19,14 @@ class LiteRTStep:
     ):
         from ai_edge_litert.interpreter import Interpreter
 
-        # From a file the model is memory-mapped: nothing is copied while holding the GIL.
-        self._interp = Interpreter(model_content=model, model_path=path, num_threads=num_threads)
-        self._interp.allocate_tensors()
+        from malpi.quiet import filtered_stderr
+
+        with filtered_stderr():  # LiteRT's "Created ... XNNPACK delegate" INFO line, on fd 2
+            # From a file the model is memory-mapped: nothing is copied while holding the GIL.
+            self._interp = Interpreter(
+                model_content=model, model_path=path, num_threads=num_threads
+            )
+            self._interp.allocate_tensors()
         runner = self._interp.get_signature_runner()
         inputs, outputs = runner.get_input_details(), runner.get_output_details()
         u, n = spec.lstm_units, spec.num_actions
