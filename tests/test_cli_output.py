@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from daemon_helpers import SPEC, make_policy_file
 from extras import needs_tf
 
 from malpi import quiet
+from malpi.cli import main
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
@@ -87,3 +89,20 @@ def test_filtered_stderr_drops_only_the_known_lines(capfd):
         capfd.readouterr().err
         == "E0000 00:00:1.5 42 model.cc:7] a real error\nno newline at the end"
     )
+
+
+def test_eval_prints_a_summary_and_writes_the_report(tmp_path, capsys):
+    bundle, report_path = make_policy_file(tmp_path), tmp_path / "eval.json"
+    args = ["eval", str(bundle), "--tracks", "1000,1001", "--laps", "1", "--max-steps", "30"]
+    assert main([*args, "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert [t["track"] for t in report["per_track"]] == [1000, 1001]
+    lines = out.splitlines()
+    assert len(lines) < 30 and max(map(len, lines)) < 100, out
+    assert lines[0].split()[:2] == ["policy", report["bundle"]]
+    assert [line.split()[0] for line in lines if line.startswith("   100")] == ["1000", "1001"]
+    assert f"the whole report: {report_path}" in out
+
+    assert main([*args, "--json", "-"]) == 0  # for a pipe: the report itself on stdout
+    assert json.loads(capsys.readouterr().out)["per_track"][1]["track"] == 1001

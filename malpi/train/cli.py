@@ -103,7 +103,11 @@ def register(commands, bench) -> None:
         "eval", help="evaluate a policy bundle in the simulator (closed loop, LiteRT)"
     )
     e.add_argument("bundle")
-    e.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    e.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the whole report as JSON to FILE ('-': print it instead of the summary)",
+    )
     e.add_argument(
         "--backend", default="litert_int8", help="litert_int8 (the daemon's) | litert_float | tf"
     )
@@ -457,5 +461,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         for path in write_evaluation_pictures(args.pictures, report, drives):
             log.info("wrote %s", path)
-    _print(report, args.json)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print("\n".join(eval_summary(report)))
+    if args.json:
+        print(f"\nthe whole report: {args.json}")
     return 0
+
+
+def eval_summary(report: dict[str, Any]) -> list[str]:
+    """``malpi eval``'s report for a person: the headline figures, each track, the confusion."""
+    from malpi.textout import fields, table
+
+    def num(value: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if value is None else f"{value:{fmt}}{unit}"
+
+    laps = report["laps_target"]
+    lines = fields(
+        [
+            ("policy", f"{report['bundle']} ({report['backend']}, {report['car']} car)"),
+            (
+                "tracks",
+                f"{report['tracks']}, {laps} lap{'s' * (laps != 1)} each ({report['seconds']:g} s)",
+            ),
+            ("completed", f"{report['completed_tracks']} of {report['tracks']} tracks"),
+            ("left the track", f"on {report['offtrack_episodes']} tracks"),
+            ("laps", f"mean {report['laps_mean']:.2f}"),
+            ("cross-track", f"mean {num(report['mean_cte_m'], '.3f', ' m')}"),
+            ("speed", f"mean {num(report['mean_speed_mps'], '.2f', ' m/s')}"),
+            (
+                "next action",
+                f"accuracy {num(report['next_action_accuracy'], '.3f')}, log-likelihood "
+                f"{num(report['log_likelihood_per_step'], '.3f')} per step "
+                f"({report['held_out_steps']} held-out expert steps)",
+            ),
+        ]
+    )
+    if report["per_track"]:
+        lines += ["", "per track"]
+        lines += table(
+            ("track", "laps", "left it", "steps", "time (s)", "mean |cte| (m)", "max |cte|", "m/s"),
+            (
+                (t["track"], t["laps"], t["left_track"], t["steps"], f"{t['time_s']:.1f}",
+                 f"{t['mean_cte_m']:.3f}", f"{t['max_cte_m']:.3f}", f"{t['mean_speed_mps']:.2f}")
+                for t in report["per_track"]
+            ),
+            indent="  ",
+        )  # fmt: skip
+    if report.get("confusion"):
+        names = report["actions"]
+        lines += ["", "next action: the expert's (rows) against the policy's (columns), steps"]
+        lines += table(
+            ("", *names),
+            (
+                (name, *(f"{v:.0f}" for v in row))
+                for name, row in zip(names, report["confusion"], strict=True)
+            ),
+            indent="  ",
+        )
+    return lines
