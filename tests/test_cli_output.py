@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from daemon_helpers import SPEC, make_policy_file
 from extras import needs_tf
 
+import malpi
 from malpi import quiet
 from malpi.cli import main
 
@@ -106,3 +108,14 @@ def test_eval_prints_a_summary_and_writes_the_report(tmp_path, capsys):
 
     assert main([*args, "--json", "-"]) == 0  # for a pipe: the report itself on stdout
     assert json.loads(capsys.readouterr().out)["per_track"][1]["track"] == 1001
+
+
+def test_policy_info_is_readable_and_json_has_it_all(capsys):
+    shipped = str(Path(malpi.__file__).parent / "data" / "default.malpi")  # a long provenance
+    assert main(["policy", "info", shipped]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) < 100, out
+    assert "  dagger          [3 entries]" in out  # the DAgger history in brief
+    assert main(["policy", "info", shipped, "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert len(manifest["provenance"]["dagger"]) == 3

@@ -60,16 +60,29 @@ def test_list_empty(malpi, tmp_path):
 def test_show(malpi, db):
     code, out, _ = malpi("episodes", "show", "2", "--db", str(db), "--steps", "3")
     assert code == 0
-    assert "outcome   failed  (terminal)" in out
-    assert "reward -3 on the last step" in out
-    assert "steps     4 (0 dropped)" in out
+    fields = {line[:17].strip(): line[17:] for line in out.split("\n\n")[0].splitlines()}
+    assert fields["outcome"] == "failed  (terminal)"
+    assert fields["final reward"] == "-3 on the last step"
+    assert fields["steps"].startswith("4 (0 dropped)")
     sources = [step_for(2, i).source for i in range(4)]
     for name in ("human", "policy", "intervention"):
-        assert f"{name} {sources.count(name)}" in out
-    assert "frames    160x120" in out
-    assert '"rate_hz": 20' in out
+        assert f"{name} {sources.count(name)}" in fields["sources"]
+    assert fields["frames"].startswith("160x120")
+    assert fields["frame interval"].startswith("median 20.0 ms")  # what it is, not "period"
+    assert fields["config"] == "loop 20 Hz"  # the configuration in brief
+    assert max(len(line) for line in out.splitlines()) < 100
     table = out.split("STEP")[1].splitlines()[1:]
     assert len(table) == 3 and table[0].split()[0] == "0"
+
+
+def test_show_json(malpi, db):
+    code, out, _ = malpi("episodes", "show", "2", "--db", str(db), "--steps", "2", "--json")
+    assert code == 0
+    facts = json.loads(out)
+    assert facts["outcome"] == "failed" and facts["final_reward"] == -3
+    assert facts["config"] == meta_for(4).config  # all of it
+    assert facts["frame_interval_ms"]["median"] == 20.0
+    assert [s["step"] for s in facts["steps"]] == [0, 1]
 
 
 def test_delete(malpi, db):

@@ -29,8 +29,8 @@ def register(commands, bench) -> None:
     new.set_defaults(func=cmd_new)
 
     info = sub.add_parser("info", help="validate a bundle and print its manifest")
-    info.add_argument("bundle")
-    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument("bundle", help="the policy bundle (.malpi) to validate and describe")
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     info.set_defaults(func=cmd_info)
 
     b = bench.add_parser("policy", help="per-step latency of six ways to run the policy")
@@ -98,16 +98,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         f"network     bottleneck={spec.bottleneck} {core}  params={spec.params:,}  macs/step={spec.macs_per_step:,}"
     )
-    print(
-        "actions     "
-        + ", ".join(
-            f"{i}:{a.name}({a.steering:+.2f},{a.throttle:+.2f})"
-            for i, a in enumerate(bundle.actions)
-        )
-    )
+    from malpi.textout import summary_fields, table
+
+    print("actions")
+    rows = [
+        (i, a.name, f"{a.steering:+.2f}", f"{a.throttle:+.2f}")
+        for i, a in enumerate(bundle.actions)
+    ]
+    print("\n".join(table(("", "", "steering", "throttle"), rows, indent="  ")))
     for name, p in sorted(m["payloads"].items()):
         print(f"payload     {name:<14}{p['bytes']:>10,} bytes  sha256 {p['sha256'][:16]}…")
-    print(f"provenance  {json.dumps(m['provenance'], sort_keys=True)}")
+    # Training records can be long (a DAgger history): summarised here, whole with --json.
+    print("provenance  (in brief; all of it: --json)")
+    print("\n".join(summary_fields(dict(sorted(m["provenance"].items())), indent="  ")))
     return 0
 
 

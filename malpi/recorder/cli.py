@@ -29,6 +29,10 @@ def register(commands: Any, bench: Any) -> None:
     p = actions.add_parser("show", parents=[db], help="one episode's metadata and step summary")
     p.add_argument("episode", type=int, metavar="N")
     p.add_argument("--steps", type=int, default=0, metavar="K", help="also print the first K steps")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print everything as JSON (the whole configuration; the first K steps with --steps)",
+    )  # fmt: skip
     p.set_defaults(func=_show)
 
     p = actions.add_parser(
@@ -107,74 +111,174 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    import numpy as np
-
     with _open(args) as store:
         info = store.episode(args.episode)
         steps = list(store.iter_steps(args.episode, decode=False))
+    facts = _episode_facts(info, steps)
     names = info.action_table.names
-    print(f"episode {info.id}   uuid {info.uuid}")
-    print(f"started   {_when(info.started_at)}")
-    print(f"ended     {_when(info.ended_at)}")
-    print(f"outcome   {info.outcome}" + ("  (terminal)" if info.terminated else ""))
-    if info.final_reward is not None:
-        print(f"final     reward {info.final_reward:+g} on the last step")
-    print(f"policy    {info.policy_version or '-'}")
-    if info.notes:
-        print(f"notes     {info.notes}")
-    print(
-        f"steps     {info.step_count} ({info.dropped_steps} dropped), "
-        f"{info.duration:.2f} s, {_rate(info)} Hz"
-    )
-    if steps:
-        sources = Counter(s.source for s in steps)
-        print(
-            "sources   "
-            + ", ".join(f"{k} {sources.get(k, 0)}" for k in ("human", "policy", "intervention"))
-        )
-        actions = Counter(s.action for s in steps)
-        print("actions   " + ", ".join(
-            f"{n} {actions.get(i, 0)} ({100 * actions.get(i, 0) / len(steps):.0f}%)"
-            for i, n in enumerate(names)
-        ))  # fmt: skip
-        rewards = np.array([s.reward for s in steps])
-        print(f"reward    sum {rewards.sum():+.3f}, mean {rewards.mean():+.4f}, "
-              f"done on {sum(s.done for s in steps)} step(s)")  # fmt: skip
-        with_probs = [s for s in steps if s.probs is not None]
-        if with_probs:
-            taken = np.mean([s.probs[s.action] for s in with_probs])
-            print(f"probs     recorded on {len(with_probs)} steps, "
-                  f"mean probability of the action taken {taken:.3f}")  # fmt: skip
-        values = [s.value for s in steps if s.value is not None]
-        if values:
-            print(f"value     mean {np.mean(values):+.3f} over {len(values)} steps")
-        capture = np.array([s.capture_time for s in steps])
-        latency = np.array([s.action_time for s in steps]) - capture
-        if len(capture) > 1:
-            period = np.diff(capture) * 1e3
-            print(f"period    median {np.median(period):.1f} ms, p99 {np.percentile(period, 99):.1f} ms, "
-                  f"max {period.max():.1f} ms")  # fmt: skip
-        print(f"latency   frame to action median {np.median(latency) * 1e3:.1f} ms, "
-              f"p99 {np.percentile(latency, 99) * 1e3:.1f} ms")  # fmt: skip
-        print(f"frames    {_frame_size(steps[0].jpeg)}, "
-              f"JPEG mean {np.mean([len(s.jpeg) for s in steps]) / 1e3:.1f} KB")  # fmt: skip
-    print("table     " + ", ".join(
-        f"{a.name} (steer {a.steering:+g}, throttle {a.throttle:+g})" for a in info.action_table
-    ))  # fmt: skip
-    print("config    " + (json.dumps(info.config, sort_keys=True) if info.config else "{}"))
-    if args.steps > 0 and steps:
+    shown = steps[: args.steps] if args.steps > 0 else []
+    if args.json:
+        facts["steps"] = [
+            {"step": s.step, "capture_time": s.capture_time, "action_time": s.action_time,
+             "action": s.action, "source": s.source, "probs": _floats(s.probs), "value": s.value,
+             "reward": s.reward, "done": s.done, "policy_version": s.policy_version}
+            for s in shown
+        ]  # fmt: skip
+        print(json.dumps(facts, indent=2))
+        return 0
+    print("\n".join(_episode_text(info, facts)))
+    if shown:
         print()
         print(
             f"{'STEP':>6}  {'T (s)':>8}  {'ACTION':<12}  {'SOURCE':<12}  {'P(A)':>6}  {'VALUE':>8}  {'REWARD':>8}  DONE"
         )
         t0 = steps[0].capture_time
-        for s in steps[: args.steps]:
+        for s in shown:
             p = f"{s.probs[s.action]:.3f}" if s.probs is not None else "-"
             v = f"{s.value:+.3f}" if s.value is not None else "-"
             name = names[s.action] if 0 <= s.action < len(names) else str(s.action)
             print(f"{s.step:>6}  {s.capture_time - t0:>8.3f}  {name:<12}  {s.source:<12}  {p:>6}  "
                   f"{v:>8}  {s.reward:>+8.3f}  {'yes' if s.done else ''}")  # fmt: skip
     return 0
+
+
+def _floats(values: Any) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _episode_facts(info: Any, steps: list[Any]) -> dict[str, Any]:
+    """Everything ``episodes show`` says about an episode, JSON-ready (``--json`` prints it)."""
+    import numpy as np
+
+    def ms(values: Any) -> dict[str, float]:
+        return {
+            "median": round(float(np.median(values)) * 1e3, 2),
+            "p99": round(float(np.percentile(values, 99)) * 1e3, 2),
+            "max": round(float(np.max(values)) * 1e3, 2),
+        }
+
+    facts: dict[str, Any] = {
+        "id": info.id, "uuid": info.uuid, "started_at": info.started_at,
+        "ended_at": info.ended_at, "outcome": info.outcome, "terminated": info.terminated,
+        "final_reward": info.final_reward, "policy_version": info.policy_version,
+        "notes": info.notes, "step_count": info.step_count, "dropped_steps": info.dropped_steps,
+        "duration_s": round(info.duration, 3),
+        "rate_hz": round((info.step_count - 1) / info.duration, 2) if info.duration > 0 else None,
+        "action_table": info.action_table.to_list(), "config": info.config,
+    }  # fmt: skip
+    if not steps:
+        return facts
+    actions = Counter(s.action for s in steps)
+    rewards = np.array([s.reward for s in steps])
+    taken = [float(s.probs[s.action]) for s in steps if s.probs is not None]
+    values = [s.value for s in steps if s.value is not None]
+    capture = np.array([s.capture_time for s in steps])
+    facts.update(
+        sources=dict(Counter(s.source for s in steps)),
+        actions={n: actions.get(i, 0) for i, n in enumerate(info.action_table.names)},
+        reward={"sum": float(rewards.sum()), "mean": float(rewards.mean()),
+                "done_steps": sum(bool(s.done) for s in steps)},
+        probs_steps=len(taken),
+        mean_prob_of_action_taken=float(np.mean(taken)) if taken else None,
+        mean_value=float(np.mean(values)) if values else None,
+        value_steps=len(values),
+        # Between the captures of consecutive recorded frames (the loop's actual period).
+        frame_interval_ms=ms(np.diff(capture)) if len(capture) > 1 else None,
+        frame_to_action_ms=ms(np.array([s.action_time for s in steps]) - capture),
+        frame_size=_frame_size(steps[0].jpeg),
+        jpeg_mean_bytes=round(float(np.mean([len(s.jpeg) for s in steps]))),
+    )  # fmt: skip
+    return facts
+
+
+def _episode_text(info: Any, f: dict[str, Any]) -> list[str]:
+    from malpi.textout import fields, table
+
+    def timing(t: dict[str, float]) -> str:
+        return f"median {t['median']:.1f} ms, p99 {t['p99']:.1f} ms, max {t['max']:.1f} ms"
+
+    rows: list[tuple[str, Any]] = [
+        ("episode", f"{info.id}  (uuid {info.uuid})"),
+        ("started", _when(info.started_at)),
+        ("ended", _when(info.ended_at)),
+        ("outcome", info.outcome + ("  (terminal)" if info.terminated else "")),
+    ]
+    if info.final_reward is not None:
+        rows.append(("final reward", f"{info.final_reward:+g} on the last step"))
+    rows.append(("policy", info.policy_version or "-"))
+    if info.notes:
+        rows.append(("notes", info.notes))
+    rate = f"{f['rate_hz']:.1f} Hz" if f["rate_hz"] is not None else "- Hz"
+    rows.append(
+        (
+            "steps",
+            f"{info.step_count} ({info.dropped_steps} dropped), {info.duration:.2f} s, {rate}",
+        )
+    )
+    n = info.step_count
+    if "sources" in f:
+        src = f["sources"]
+        rows += [
+            ("sources", ", ".join(f"{k} {src.get(k, 0)}" for k in ("human", "policy", "intervention"))),
+            ("reward", f"sum {f['reward']['sum']:+.3f}, mean {f['reward']['mean']:+.4f}, "
+                       f"done on {f['reward']['done_steps']} step(s)"),
+        ]  # fmt: skip
+        if f["probs_steps"]:
+            rows.append(("probabilities", f"recorded on {f['probs_steps']} steps, mean "
+                         f"probability of the action taken {f['mean_prob_of_action_taken']:.3f}"))  # fmt: skip
+        if f["value_steps"]:
+            rows.append(("value", f"mean {f['mean_value']:+.3f} over {f['value_steps']} steps"))
+        if f["frame_interval_ms"]:
+            rows.append(("frame interval", timing(f["frame_interval_ms"])))
+        rows += [
+            ("frame to action", timing(f["frame_to_action_ms"])),
+            ("frames", f"{f['frame_size']}, JPEG mean {f['jpeg_mean_bytes'] / 1e3:.1f} KB"),
+        ]
+    rows.append(("config", _config_summary(info.config)))
+    lines = fields(rows)
+    counts = f.get("actions", {})
+    lines += ["", "actions"]
+    lines += table(
+        ("", "steering", "throttle", "steps", "share"),
+        (
+            (a.name, f"{a.steering:+.2f}", f"{a.throttle:+.2f}", counts.get(a.name, 0),
+             f"{100 * counts.get(a.name, 0) / n:.0f}%" if n and counts else "-")
+            for a in info.action_table
+        ),
+        indent="  ",
+    )  # fmt: skip
+    return lines
+
+
+def _config_summary(config: dict[str, Any]) -> str:
+    """The daemon configuration an episode was recorded with, in a few words (all: --json)."""
+    from malpi.textout import summary
+
+    def section(name: str) -> dict[str, Any]:
+        value = config.get(name)
+        return value if isinstance(value, dict) else {}
+
+    camera, drive, loop, policy = (section(n) for n in ("camera", "drivetrain", "loop", "policy"))
+    parts = []
+    if camera.get("backend"):
+        size = f" {camera.get('width')}x{camera.get('height')}" if camera.get("width") else ""
+        fps = f" at {camera['fps']:g} fps" if camera.get("fps") else ""
+        track = section("sim").get("track_seed") if camera["backend"] == "sim" else None
+        parts.append(
+            f"camera {camera['backend']}{size}{fps}"
+            + (f", track {track}" if track is not None else "")
+        )
+    if drive.get("backend"):
+        parts.append(f"drivetrain {drive['backend']}")
+    if loop.get("rate_hz"):
+        trigger = f", trigger {loop['trigger']}" if loop.get("trigger") else ""
+        parts.append(f"loop {loop['rate_hz']:g} Hz{trigger}")
+    if policy.get("backend"):
+        path = f", {policy['path']}" if policy.get("path") else ""
+        parts.append(f"policy {policy['backend']}{path}")
+    if not parts:
+        return summary(config) if config else "-"
+    return "\n".join([*parts, "(all of it: --json)"])
 
 
 def _frame_size(jpeg: bytes) -> str:
