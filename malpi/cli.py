@@ -31,6 +31,35 @@ AREAS = [
 ]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Says each option's default after its help, unless the help says it or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default == ""
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """This parser and every sub-command's, depth first."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                found += _parsers(sub)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="malpi",
@@ -45,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = bench_parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
     for name in AREAS:
         importlib.import_module(name).register(commands, bench)
+    for each in _parsers(parser):  # sub-parsers do not inherit the formatter
+        each.formatter_class = HelpFormatter
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -9,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from daemon_helpers import SPEC, make_policy_file
 from extras import needs_tf
 
 import malpi
 from malpi import quiet
-from malpi.cli import main
+from malpi.cli import _parsers, build_parser, main
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
@@ -119,3 +121,40 @@ def test_policy_info_is_readable_and_json_has_it_all(capsys):
     assert main(["policy", "info", shipped, "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert len(manifest["provenance"]["dagger"]) == 3
+
+
+def test_every_option_says_what_it_is_for():
+    missing = [
+        f"{parser.prog} {action.option_strings or action.dest}"
+        for parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+        and not (action.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "control steps before a track is given up (default: 3000)" in out
+    assert "laps to complete on each track (default: 3)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["eval", "x.malpi", "--tracks", "abc"], "--tracks"),
+        (["eval", "x.malpi", "--backend", "tflite"], "--backend"),
+        (["train", "demos", "--out", "x.sqlite", "--image", "120"], "--image"),
+        (["train", "compare", "--data", "x", "--workdir", "w", "--modes", "burnin,x"], "--modes"),
+        (["sim", "expert", "--seeds", "1-"], "--seeds"),
+        (["bench", "rl", "--seeds", "a,b"], "--seeds"),
+    ],
+)
+def test_a_bad_value_names_its_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2  # a usage error, before any work
+    assert f"error: argument {option}: " in capsys.readouterr().err

@@ -81,10 +81,16 @@ def register(commands, bench) -> None:  # noqa: ARG001 - no benchmarks here
 def _connection_args(p: argparse.ArgumentParser, telemetry: bool = False) -> None:
     p.add_argument("host", help="the robot: HOST, HOST:PORT (command port) or tcp://HOST:PORT")
     if telemetry:
-        p.add_argument("--telemetry-port", type=int, help="default: the command port + 1 (5556)")
+        p.add_argument(
+            "--telemetry-port",
+            type=int,
+            help="the robot's telemetry port (default: the command port + 1, 5556)",
+        )
     p.add_argument("--server-key", metavar="FILE", help="the robot's public key (server.key)")
     p.add_argument("--client-key", metavar="FILE", help="this client's key_secret file")
-    p.add_argument("--keys-dir", metavar="DIR", help="default: ~/.config/malpi/keys")
+    p.add_argument(
+        "--keys-dir", metavar="DIR", help="CURVE key directory (default: ~/.config/malpi/keys)"
+    )
     p.add_argument("--insecure", action="store_true", help="no CURVE, even if a key is known")
     p.add_argument(
         "--timeout",

@@ -30,7 +30,7 @@ def register(commands, bench) -> None:  # noqa: ARG001 - no benchmarks here
     add_config_args(auth)
     auth.set_defaults(func=cmd_keys_authorize)
     rev = sub.add_parser("revoke", help="remove an authorised client key")
-    rev.add_argument("name")
+    rev.add_argument("name", help="the client's name (as malpi keys list shows it)")
     rev.add_argument("--dir", help="authorised-keys directory (default: from the config)")
     add_config_args(rev)
     rev.set_defaults(func=cmd_keys_revoke)

@@ -35,8 +35,8 @@ def register(commands, bench) -> None:
 
     b = bench.add_parser("policy", help="per-step latency of six ways to run the policy")
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.add_argument("--steps", type=int, default=300, help="timed steps per way (default 300)")
-    b.add_argument("--warmup", type=int, default=50)
+    b.add_argument("--steps", type=int, default=300, help="timed steps per way")
+    b.add_argument("--warmup", type=int, default=50, help="untimed steps first, per way")
     b.set_defaults(func=cmd_bench)
 
 

@@ -27,7 +27,7 @@ def register(commands: Any, bench: Any) -> None:
     p.set_defaults(func=_list)
 
     p = actions.add_parser("show", parents=[db], help="one episode's metadata and step summary")
-    p.add_argument("episode", type=int, metavar="N")
+    p.add_argument("episode", type=int, metavar="N", help="the episode's ID (malpi episodes list)")
     p.add_argument("--steps", type=int, default=0, metavar="K", help="also print the first K steps")
     p.add_argument(
         "--json", action="store_true",
@@ -38,7 +38,9 @@ def register(commands: Any, bench: Any) -> None:
     p = actions.add_parser(
         "delete", parents=[db], help="delete episodes and their steps (no prompt)"
     )
-    p.add_argument("episodes", type=int, nargs="+", metavar="N")
+    p.add_argument(
+        "episodes", type=int, nargs="+", metavar="N", help="IDs of the episodes to delete"
+    )
     p.add_argument(
         "--force", action="store_true",
         help="also delete an episode still marked running (a recorder may be writing it)",
@@ -50,7 +52,7 @@ def register(commands: Any, bench: Any) -> None:
         help="export an episode to a directory (frames/*.jpg, steps.csv, episode.json) "
         "or copy it into another database (--out FILE.sqlite)",
     )  # fmt: skip
-    p.add_argument("episode", type=int, metavar="N")
+    p.add_argument("episode", type=int, metavar="N", help="the episode's ID (malpi episodes list)")
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR|FILE.sqlite",
         help="a new directory, or an episode database (.sqlite/.sqlite3/.db) to copy into",

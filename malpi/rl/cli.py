@@ -15,9 +15,11 @@ def register(commands, bench) -> None:
     sub = p.add_subparsers(dest="rl_command", required=True, metavar="WHERE")
 
     cp = sub.add_parser("cartpole", help="train on CartPole with the velocities hidden")
-    cp.add_argument("--algo", choices=("ppo", "a2c", "drqn"), default="ppo")
-    cp.add_argument("--steps", type=int, default=100_000, help="environment steps (default 100000)")
-    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument(
+        "--algo", choices=("ppo", "a2c", "drqn"), default="ppo", help="the learning algorithm"
+    )
+    cp.add_argument("--steps", type=int, default=100_000, help="environment steps")
+    cp.add_argument("--seed", type=int, default=0, help="random seed")
     cp.add_argument(
         "--feedforward", action="store_true", help="a feed-forward layer instead of the LSTM"
     )
@@ -28,14 +30,14 @@ def register(commands, bench) -> None:
     sim = sub.add_parser("sim", help="fine-tune an image policy with PPO in the simulator")
     sim.add_argument("--policy", required=True, help="the bundle to start from")
     sim.add_argument("--out", required=True, help="bundle to write")
-    sim.add_argument("--steps", type=int, default=50_000)
-    sim.add_argument("--envs", type=int, default=4)
+    sim.add_argument("--steps", type=int, default=50_000, help="environment steps in all")
+    sim.add_argument("--envs", type=int, default=4, help="simulators run side by side")
     sim.add_argument("--rollout", type=int, default=128, help="steps per environment per update")
-    sim.add_argument("--seq-len", type=int, default=32)
-    sim.add_argument("--epochs", type=int, default=4)
-    sim.add_argument("--minibatches", type=int, default=4)
-    sim.add_argument("--lr", type=float, default=1e-4)
-    sim.add_argument("--ent-coef", type=float, default=0.003)
+    sim.add_argument("--seq-len", type=int, default=32, help=SEQ_LEN)
+    sim.add_argument("--epochs", type=int, default=4, help=EPOCHS)
+    sim.add_argument("--minibatches", type=int, default=4, help="minibatches per epoch")
+    sim.add_argument("--lr", type=float, default=1e-4, help="learning rate (Adam)")
+    sim.add_argument("--ent-coef", type=float, default=0.003, help="weight of the entropy bonus")
     sim.add_argument("--max-steps", type=int, default=500, help="episode length limit")
     sim.add_argument("--time-reward", type=float, default=0.0, help="reward added every step")
     sim.add_argument(
@@ -44,7 +46,7 @@ def register(commands, bench) -> None:
     sim.add_argument(
         "--value-warmup", type=int, default=2, help="updates training only the value head first"
     )
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
     sim.set_defaults(func=cmd_sim)
 
     robot = sub.add_parser(
@@ -68,14 +70,16 @@ def register(commands, bench) -> None:
         default="robot-episodes.sqlite",
         help="local database the driven episodes are pulled into (default robot-episodes.sqlite)",
     )
-    robot.add_argument("--iterations", type=int, default=10)
+    robot.add_argument(
+        "--iterations", type=int, default=10, help="rounds of drive, pull, update, push"
+    )
     robot.add_argument("--episodes", type=int, default=4, help="episodes per iteration")
     robot.add_argument(
         "--episode-seconds", type=float, default=20.0, help="end an episode after this long"
     )
-    robot.add_argument("--epochs", type=int, default=4)
-    robot.add_argument("--seq-len", type=int, default=32)
-    robot.add_argument("--lr", type=float, default=1e-4)
+    robot.add_argument("--epochs", type=int, default=4, help=EPOCHS)
+    robot.add_argument("--seq-len", type=int, default=32, help=SEQ_LEN)
+    robot.add_argument("--lr", type=float, default=1e-4, help="learning rate (Adam)")
     robot.add_argument("--out-dir", help="also keep every pushed bundle here")
     robot.add_argument("--insecure", action="store_true", help="plain link (no CURVE)")
     robot.add_argument("--keys", help="keys directory for CURVE")
@@ -85,11 +89,17 @@ def register(commands, bench) -> None:
         "rl", help="CartPole without velocities: recurrent PPO, feed-forward, DRQN, sb3"
     )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.add_argument("--seeds", default="0,1,2", help="seeds for the recurrent PPO (default 0,1,2)")
-    b.add_argument("--control-seeds", help="seeds for the other methods (default: the same)")
-    b.add_argument("--steps", type=int, default=100_000, help="budget per run (default 100000)")
-    b.add_argument("--eval-every", type=int, default=5_120)
-    b.add_argument("--episodes", type=int, default=100)
+    b.add_argument(
+        "--seeds", type=_seeds, default="0,1,2", help="seeds for the recurrent PPO, e.g. 0,1,2"
+    )
+    b.add_argument(
+        "--control-seeds", type=_seeds, help="seeds for the other methods (default: the same)"
+    )
+    b.add_argument("--steps", type=int, default=100_000, help="environment steps per run")
+    b.add_argument(
+        "--eval-every", type=int, default=5_120, help="environment steps between evaluations"
+    )
+    b.add_argument("--episodes", type=int, default=100, help="episodes per evaluation")
     b.add_argument(
         "--full", action="store_true", help="train the whole budget even after reaching 475"
     )
@@ -101,8 +111,19 @@ def register(commands, bench) -> None:
     b.set_defaults(func=cmd_bench)
 
 
+SEQ_LEN = "steps per training sequence (the LSTM's window)"
+EPOCHS = "passes over each batch of experience"
+
+
 def _seeds(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
+    """Comma-separated integers, as an argparse ``type``."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds")
+    return seeds
 
 
 def cmd_cartpole(args: argparse.Namespace) -> int:
@@ -188,12 +209,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         log.warning("sb3-contrib is not installed: its RecurrentPPO is not measured")
         methods.remove("sb3_recurrent_ppo")
     report = run_bench(
-        _seeds(args.seeds),
+        args.seeds,
         methods,
         steps=args.steps,
         eval_every=args.eval_every,
         episodes=args.episodes,
-        control_seeds=_seeds(args.control_seeds) if args.control_seeds else None,
+        control_seeds=args.control_seeds,
         stop_at_target=not args.full,
     )
     print(format_table(report))

@@ -45,9 +45,12 @@ def register(commands, bench) -> None:
 
     e = sub.add_parser("expert", help="run the expert on tracks without rendering; a table of laps")
     e.add_argument(
-        "--seeds", default="1000-1009", help="e.g. 1000-1009 or 3,7,9 (default: standard eval set)"
+        "--seeds",
+        type=seeds_arg,
+        default="1000-1009",
+        help="track seeds, e.g. 1000-1009 or 3,7,9 (default: the standard evaluation set)",
     )
-    e.add_argument("--laps", type=int, default=3)
+    e.add_argument("--laps", type=int, default=3, help="laps the expert drives on each track")
     _car_args(e)
     e.set_defaults(func=cmd_expert)
 
@@ -56,7 +59,7 @@ def register(commands, bench) -> None:
     )
     d.add_argument("--seed", type=int, required=True, help="track seed")
     d.add_argument("--out", required=True, help=".npz file to write")
-    d.add_argument("--steps", type=int, default=1000)
+    d.add_argument("--steps", type=int, default=1000, help="control steps to record")
     d.add_argument("--noise", type=float, default=0.0, help="chance of a random action per step")
     d.add_argument("--randomize", action="store_true", help="randomise lighting/colour/blur/noise")
     _car_args(d)
@@ -70,7 +73,12 @@ def register(commands, bench) -> None:
 
 
 def _car_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--drivetrain", choices=("steering", "differential"), default="steering")
+    p.add_argument(
+        "--drivetrain",
+        choices=("steering", "differential"),
+        default="steering",
+        help="the simulated car's kinematics",
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -86,6 +94,16 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ValueError(f"no seeds in {text!r}")
     return seeds
+
+
+def seeds_arg(text: str) -> list[int]:
+    """:func:`parse_seeds` as an argparse ``type``: the error names the option."""
+    try:
+        return parse_seeds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of track seeds: e.g. 1000-1009, 3,7,9 or 1-3,8"
+        ) from None
 
 
 def _world(seed: int, drivetrain: str):
@@ -148,7 +166,7 @@ def cmd_expert(args: argparse.Namespace) -> int:
     print(
         f"{'seed':>6} {'length':>7} {'width':>6} {'laps':>5} {'time':>7} {'speed':>6} {'max|cte|':>9}"
     )
-    for seed in parse_seeds(args.seeds):
+    for seed in args.seeds:
         world = _world(seed, args.drivetrain)
         r = drive_laps(world, laps=args.laps)
         ok = r["laps"] >= args.laps and r["on_track"]

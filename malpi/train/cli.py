@@ -14,6 +14,43 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The same as malpi.policy.runtime.BACKENDS, train.data.STATE_MODES and train.distribute.STRATEGIES:
+# spelled out here because registering a command must not import those (TensorFlow).
+BACKENDS = ("litert_int8", "litert_float", "tf")
+STATE_MODES = ("burnin", "tbptt", "zero")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+CARS = ("differential", "steering")
+CAR_NOISE = "scale of the simulated car's trim, gain, speed and yaw noise (0: exact kinematics)"
+
+
+def _seeds(text: str) -> list[int]:
+    from malpi.sim.cli import seeds_arg
+
+    return seeds_arg(text)
+
+
+def _image(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` as an argparse ``type``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HEIGHTxWIDTH in pixels, e.g. 120x160"
+        ) from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sizes must be positive")
+    return h, w
+
+
+def _state_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    wrong = [m for m in modes if m not in STATE_MODES]
+    if wrong or not modes:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated list of {', '.join(STATE_MODES)}"
+        )
+    return modes
+
 
 def register(commands, bench) -> None:
     p = commands.add_parser(
@@ -24,14 +61,20 @@ def register(commands, bench) -> None:
 
     d = sub.add_parser("demos", help="record expert demonstrations in the simulator (SQLite)")
     d.add_argument("--out", required=True, help="episode database to write (appends)")
-    d.add_argument("--tracks", default="0-59", help="training track seeds, e.g. 0-59 or 3,7,9")
-    d.add_argument("--steps", type=int, default=600, help="control steps per episode (default 600)")
-    d.add_argument("--episodes-per-track", type=int, default=1)
+    d.add_argument(
+        "--tracks", type=_seeds, default="0-59", help="training track seeds, e.g. 0-59 or 3,7,9"
+    )
+    d.add_argument("--steps", type=int, default=600, help="control steps per episode")
+    d.add_argument(
+        "--episodes-per-track", type=int, default=1, help="episodes recorded on each track"
+    )
     d.add_argument("--perturb", type=float, default=0.04, help="chance per step of a perturbation")
     d.add_argument("--perturb-steps", type=int, default=3, help="a perturbation lasts 1..N steps")
-    d.add_argument("--image", default="120x160", help="camera HEIGHTxWIDTH (the policy's input)")
+    d.add_argument(
+        "--image", type=_image, default="120x160", help="camera HEIGHTxWIDTH (the policy's input)"
+    )
     _sim_args(d)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="random seed (perturbations, looks)")
     d.set_defaults(func=cmd_demos)
 
     b = sub.add_parser("bc", help="behaviour cloning on recorded episodes -> a policy bundle")
@@ -47,14 +90,21 @@ def register(commands, bench) -> None:
         "--data", nargs="+", default=[], help="episodes to aggregate with (demos, car recordings)"
     )
     g.add_argument("--out", required=True, help="policy bundle to write")
-    g.add_argument("--iterations", type=int, default=3)
+    g.add_argument("--iterations", type=int, default=3, help="rounds of roll out, label, retrain")
     g.add_argument("--episodes", type=int, default=30, help="roll-outs per iteration")
-    g.add_argument("--rollout-steps", type=int, default=600)
-    g.add_argument("--tracks", default="500-999", help="track seeds for roll-outs (used in order)")
+    g.add_argument("--rollout-steps", type=int, default=600, help="control steps per roll-out")
+    g.add_argument(
+        "--tracks",
+        type=_seeds,
+        default="500-999",
+        help="track seeds for roll-outs (used in order)",
+    )
     g.add_argument(
         "--beta", type=float, default=0.3, help="chance the expert acts, first iteration"
     )
-    g.add_argument("--beta-decay", type=float, default=0.5)
+    g.add_argument(
+        "--beta-decay", type=float, default=0.5, help="beta is multiplied by this each iteration"
+    )
     g.add_argument(
         "--takeover",
         type=float,
@@ -77,51 +127,70 @@ def register(commands, bench) -> None:
         "--workdir", default="/tmp/malpi-train/default", help="data, checkpoints, logs (resumable)"
     )
     f.add_argument("--picture", help="also write a trajectory PNG of one evaluation track here")
-    f.add_argument("--strategy", default="auto", help="auto | default | mirrored | multiworker")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument(
+        "--strategy", choices=STRATEGIES, default="auto", help="TensorFlow distribution strategy"
+    )
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_default)
 
     c = sub.add_parser("compare", help="measure TBPTT vs stored state + burn-in vs zero state")
-    c.add_argument("--data", nargs="+", required=True)
-    c.add_argument("--workdir", required=True)
     c.add_argument(
-        "--modes", default="zero,tbptt,burnin", help="LSTM state modes to train and compare"
+        "--data", nargs="+", required=True, help="episode databases (.sqlite) or sim demos (.npz)"
+    )
+    c.add_argument("--workdir", required=True, help="each mode's training goes in a directory here")
+    c.add_argument(
+        "--modes",
+        type=_state_modes,
+        default="zero,tbptt,burnin",
+        help="LSTM state modes to train and compare",
     )
     c.add_argument("--json", metavar="FILE", help="write the table as JSON")
     c.add_argument(
-        "--tracks", default="1000-1009", help="closed-loop tracks (default: the standard set)"
+        "--tracks",
+        type=_seeds,
+        default="1000-1009",
+        help="closed-loop tracks (default: the standard set)",
     )
     _train_args(c, with_workdir=False, with_mode=False)
     c.set_defaults(func=cmd_compare)
 
     pl = sub.add_parser("plot", help="training curves (and confusion matrix) of a training workdir")
-    pl.add_argument("workdir")
-    pl.add_argument("--out", help="PNG (default WORKDIR/curves.png)")
+    pl.add_argument("workdir", help="a training workdir (holding history.json)")
+    pl.add_argument("--out", help="PNG to write (default: WORKDIR/curves.png)")
     pl.set_defaults(func=cmd_plot)
 
     e = commands.add_parser(
         "eval", help="evaluate a policy bundle in the simulator (closed loop, LiteRT)"
     )
-    e.add_argument("bundle")
+    e.add_argument("bundle", help="the policy bundle (.malpi) to evaluate")
     e.add_argument(
         "--json",
         metavar="FILE",
         help="write the whole report as JSON to FILE ('-': print it instead of the summary)",
     )
     e.add_argument(
-        "--backend", default="litert_int8", help="litert_int8 (the daemon's) | litert_float | tf"
+        "--backend",
+        choices=BACKENDS,
+        default="litert_int8",
+        help="how to run the policy (litert_int8 is the daemon's)",
     )
     e.add_argument(
-        "--tracks", default="1000-1009", help="evaluation track seeds (default: the standard set)"
+        "--tracks",
+        type=_seeds,
+        default="1000-1009",
+        help="evaluation track seeds, e.g. 1000-1009 or 3,7,9 (default: the standard set)",
     )
     e.add_argument("--laps", type=int, default=3, help="laps to complete on each track")
-    e.add_argument("--max-steps", type=int, default=3000)
+    e.add_argument(
+        "--max-steps", type=int, default=3000, help="control steps before a track is given up"
+    )
     e.add_argument(
         "--car",
+        choices=CARS,
         default=None,
-        help="differential | steering (default: the bundle's, else differential)",
+        help="the simulated car (default: the bundle's, else differential)",
     )
-    e.add_argument("--car-noise", type=float, default=1.0)
+    e.add_argument("--car-noise", type=float, default=1.0, help=CAR_NOISE)
     e.add_argument(
         "--data",
         nargs="*",
@@ -136,9 +205,12 @@ def register(commands, bench) -> None:
 
 def _sim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--car", default="differential", help="differential (the daemon's sim car) | steering"
+        "--car",
+        choices=CARS,
+        default="differential",
+        help="the simulated car (the daemon's: differential)",
     )
-    p.add_argument("--car-noise", type=float, default=1.0)
+    p.add_argument("--car-noise", type=float, default=1.0, help=CAR_NOISE)
     p.add_argument(
         "--randomize", type=float, default=0.5, help="fraction of episodes with randomised looks"
     )
@@ -158,7 +230,7 @@ def _train_args(
         )
     if with_mode:  # not for compare, which trains every mode in --modes
         p.add_argument(
-            "--mode", default="burnin", help="LSTM state of long episodes: burnin | tbptt | zero"
+            "--mode", choices=STATE_MODES, default="burnin", help="LSTM state of long episodes"
         )
     p.add_argument("--length", type=int, default=32, help="steps per training sequence")
     p.add_argument(
@@ -166,25 +238,41 @@ def _train_args(
     )
     p.add_argument("--burn-in", type=int, default=None, help="burnin: warm-up steps (1/4 length)")
     p.add_argument("--batch", type=int, default=16, help="sequences per batch (global)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="passes over the data (early stopping may end sooner)",
+    )
     p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on batches per epoch")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
     p.add_argument("--class-weight-power", type=float, default=0.5, help="0 none .. 1 balanced")
-    p.add_argument("--intervention-weight", type=float, default=3.0)
+    p.add_argument(
+        "--intervention-weight",
+        type=float,
+        default=3.0,
+        help="weight of the steps an operator took over from the policy",
+    )
     p.add_argument(
         "--policy-weight",
         type=float,
         default=0.0,
         help="weight of the policy's own unlabelled steps",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of episodes held out to validate"
+    )
     p.add_argument("--patience", type=int, default=3, help="early stopping (0 = off)")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="no image augmentation")
     p.add_argument(
         "--spec", help="JSON/TOML file with policy spec fields (default: the default spec)"
     )
-    p.add_argument("--strategy", default="auto", help="auto | default | mirrored | multiworker")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--strategy", choices=STRATEGIES, default="auto", help="TensorFlow distribution strategy"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed (weights, windows, augmentation)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -247,14 +335,6 @@ def _sim_setup(args: argparse.Namespace, image: tuple[int, int]):
     return SimSetup(car=args.car, car_noise=args.car_noise, randomize=args.randomize, image=image)
 
 
-def _image(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image must be HEIGHTxWIDTH, e.g. 120x160, not {text!r}") from None
-    return h, w
-
-
 def _print(data: dict[str, Any], path: str | None) -> None:
     text = json.dumps(data, indent=2)
     if path:
@@ -267,16 +347,15 @@ def _print(data: dict[str, Any], path: str | None) -> None:
 
 def cmd_demos(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
-    from malpi.sim.cli import parse_seeds
     from malpi.train.demos import DemoConfig, record_demos
 
     config = DemoConfig(
-        seeds=parse_seeds(args.tracks),
+        seeds=args.tracks,
         steps=args.steps,
         episodes_per_track=args.episodes_per_track,
         perturb_prob=args.perturb,
         perturb_steps=args.perturb_steps,
-        sim=_sim_setup(args, _image(args.image)),
+        sim=_sim_setup(args, args.image),
     )
     _print(record_demos(args.out, config, DEFAULT_ACTIONS, seed=args.seed), None)
     return 0
@@ -330,7 +409,6 @@ def cmd_bc(args: argparse.Namespace) -> int:
 def cmd_dagger(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.policy.model import build_policy
-    from malpi.sim.cli import parse_seeds
     from malpi.train.bc import export_bundle
     from malpi.train.dagger import DaggerConfig, dagger
     from malpi.train.distribute import make_strategy
@@ -342,7 +420,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
         weights = build_policy(spec, seed=args.seed).named_weights()
     config = DaggerConfig(
         iterations=args.iterations,
-        seeds=parse_seeds(args.tracks),
+        seeds=args.tracks,
         episodes=args.episodes,
         steps=args.rollout_steps,
         beta=args.beta,
@@ -396,15 +474,14 @@ def cmd_default(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from malpi.sim.cli import parse_seeds
     from malpi.train.compare import compare_state_modes
 
     table = compare_state_modes(
         args.data,
         args.workdir,
-        [m.strip() for m in args.modes.split(",") if m.strip()],
+        args.modes,
         _train_config(args),
-        tracks=parse_seeds(args.tracks),
+        tracks=args.tracks,
         val_fraction=args.val_fraction,
         strategy_kind=args.strategy,
     )
@@ -430,7 +507,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.policy.bundle import PolicyBundle
-    from malpi.sim.cli import parse_seeds
     from malpi.train.evaluate import DEFAULT_CAR, evaluate_bundle, held_out_from_episodes
 
     bundle = PolicyBundle.load(args.bundle)
@@ -448,7 +524,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report, drives = evaluate_bundle(
         bundle,
         backend=args.backend,
-        seeds=parse_seeds(args.tracks),
+        seeds=args.tracks,
         laps=args.laps,
         max_steps=args.max_steps,
         car=car,
