@@ -12,7 +12,7 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
         "(frame-synchronous and fixed-timer loops side by side)",
     )
     b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
-    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive each way (60)")
+    b.add_argument("--seconds", type=float, default=60.0, help="how long to drive each way")
     b.add_argument(
         "--trigger",
         choices=("frame", "timer", "both"),
@@ -46,10 +46,10 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
         "hot loads, a zip bomb and a pull, all at once",
     )
     b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
-    b.add_argument("--seconds", type=float, default=60.0, help="how long the attack lasts (60)")
-    b.add_argument("--connections", type=int, default=1100, help="idle TCP connections (1100)")
-    b.add_argument("--loads", type=int, default=10, help="seed-size bundles hot-loaded (10)")
-    b.add_argument("--hogs", type=int, default=2, help="CPU hog processes (2)")
+    b.add_argument("--seconds", type=float, default=60.0, help="how long the attack lasts")
+    b.add_argument("--connections", type=int, default=1100, help="idle TCP connections")
+    b.add_argument("--loads", type=int, default=10, help="seed-size bundles hot-loaded")
+    b.add_argument("--hogs", type=int, default=2, help="CPU hog processes")
     b.add_argument(
         "--small", action="store_true", help="load the default-size bundle (no TensorFlow needed)"
     )
