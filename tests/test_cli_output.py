@@ -158,3 +158,17 @@ def test_a_bad_value_names_its_option(argv, option, capsys):
         main(argv)
     assert exit_.value.code == 2  # a usage error, before any work
     assert f"error: argument {option}: " in capsys.readouterr().err
+
+
+def test_a_paused_boot_records_no_empty_episode(tmp_path, capsys):
+    """The car booted paused and stopped without driving: nothing to list, nothing to pull."""
+    db, policy = tmp_path / "episodes.sqlite", make_policy_file(tmp_path)
+    cmd = [sys.executable, "-m", "malpi", "drive", "--sim", "--mode", "paused", "--no-link"]
+    cmd += ["--duration", "1.5", "--quiet", "--set", f'recording.path="{db}"']
+    cmd += ["--set", f'policy.path="{policy}"', "--set", f"camera.width={SPEC.image_width}"]
+    cmd += ["--set", f"camera.height={SPEC.image_height}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "recording: " in run.stderr  # it had a recorder
+    assert main(["episodes", "list", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == f"no episodes in {db}\n"

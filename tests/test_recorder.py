@@ -126,10 +126,22 @@ def test_ids_are_never_reused(db):
     with EpisodeStore(db) as store:
         assert store.delete_episode(b) == 2
     with Recorder(db) as rec:
-        c = rec.start_episode(meta_for())
+        c = record_episode(rec, 1)
     assert (a, b, c) == (1, 2, 3)
     with EpisodeStore(db) as store:
         assert [e.id for e in store.episodes()] == [1, 3]
+
+
+def test_an_episode_without_steps_leaves_nothing(db):
+    """A daemon booted paused and stopped again, or a reset while paused: no empty episode."""
+    with Recorder(db) as rec:
+        rec.start_episode(meta_for())  # ended by the next start, without a step
+        rec.start_episode(meta_for())
+        rec.end_episode("failed", final_reward=-1.0)  # its outcome, too, has nowhere to go
+        kept = record_episode(rec, 3)
+        rec.start_episode(meta_for())  # open when the recorder closes
+    with EpisodeStore(db) as store:
+        assert [(e.id, e.step_count) for e in store.episodes()] == [(kept, 3)]
 
 
 def test_record_rejects_malformed_steps_and_needs_an_episode(db):

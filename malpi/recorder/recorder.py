@@ -10,7 +10,9 @@ second, and SQLite's WAL makes sure it never corrupts the file.
 Only steps can be dropped: when ``queue_size`` steps are waiting (the disk is
 slower than the loop), a new step is counted in ``stats.steps_dropped``,
 logged (rate-limited) and discarded, leaving a visible gap in the step
-indices. Episode starts and ends are never dropped.
+indices. Episode starts and ends are never dropped. An episode is written with
+its first step: one that ends without any (a daemon booted paused and stopped,
+a reset while paused) leaves no row in the database.
 
 One recorder writes a file at a time (it holds a lock on ``<db>.lock``);
 any number of readers may read it meanwhile.
@@ -209,6 +211,11 @@ class Recorder:
         self._error: BaseException | None = None
         self._stats = RecorderStats()
         self._last_drop_log = -math.inf
+        # The writer thread's own: episodes started but with no step written yet. An episode's
+        # row is inserted with its first step, so one that never gets a step (a daemon booted
+        # paused and stopped again) leaves nothing behind.
+        self._unwritten: dict[int, _Start] = {}
+        self._empty: set[int] = set()  # ended before their first step: never written
         self._thread = threading.Thread(target=self._run, name="malpi-recorder", daemon=True)
         self._thread.start()
 
@@ -435,6 +442,9 @@ class Recorder:
 
     def _write(self, store: EpisodeStore, item: object) -> int:
         if isinstance(item, _StepItem):
+            start = self._unwritten.pop(item.episode_id, None)
+            if start is not None:
+                self._insert_episode(store, start)
             s = item.step
             jpeg = encode_jpeg(s.frame, self.jpeg_quality)
             store.insert_steps(
@@ -444,12 +454,14 @@ class Recorder:
             )  # fmt: skip
             return 1
         if isinstance(item, _Start):
-            m = item.meta
-            store.insert_episode(
-                item.episode_id, item.uuid, item.started_at, item.started_mono, m.config,
-                m.action_table, m.policy_version, m.notes,
-            )  # fmt: skip
+            self._unwritten[item.episode_id] = item  # written with its first step
         elif isinstance(item, _End):
+            if self._unwritten.pop(item.episode_id, None) is not None:
+                self._empty.add(item.episode_id)
+                log.debug("episode %d ended without a step: not kept", item.episode_id)
+                return 0
+            if item.episode_id in self._empty:
+                return 0
             found = store.end_episode(
                 item.episode_id, item.outcome, item.ended_at, item.final_reward,
                 keep_end_time=item.after_the_fact,
@@ -457,6 +469,14 @@ class Recorder:
             if not found:
                 log.warning("set_outcome: there is no episode %d", item.episode_id)
         return 0
+
+    @staticmethod
+    def _insert_episode(store: EpisodeStore, start: _Start) -> None:
+        m = start.meta
+        store.insert_episode(
+            start.episode_id, start.uuid, start.started_at, start.started_mono, m.config,
+            m.action_table, m.policy_version, m.notes,
+        )  # fmt: skip
 
 
 def _lock_for_writing(path: Path) -> int:
