@@ -95,3 +95,18 @@ def test_shared_world_joins_separately_built_backends():
         drive.close()
     finally:
         realtime.reset_shared_world()
+
+
+def test_the_daemons_lap_count_restarts_with_each_episode(tmp_path):
+    """`malpi drive --sim`'s status line shows laps of this episode, not since the daemon began."""
+    from daemon_helpers import make_policy_file, robot_config, running_robot, wait_until
+
+    config = robot_config(tmp_path, make_policy_file(tmp_path), **{"drivetrain.backend": "sim"})
+    with running_robot(config) as (robot, _, _, _):
+        world = robot.sim_world
+        with world.lock:  # as if the (paused, so resting) car had driven 2.5 laps
+            world.world.travelled += 2.5 * world.world.track.length
+        assert world.info()["laps"] == 2
+        robot.loop.reset_episode().result(5)
+        wait_until(lambda: world.info()["laps"] == 0)
+        assert world.info()["progress"] == pytest.approx(0.0, abs=0.01)

@@ -15,6 +15,7 @@ A car that leaves the road is put back on the centre line, stopped, after
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -56,6 +57,7 @@ class RealTimeWorld:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._off_since: float | None = None
+        self._episode_from = 0.0  # world.travelled when the daemon's episode began
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -100,6 +102,13 @@ class RealTimeWorld:
         with self.lock:
             self.world.reset(s)
             self._off_since = None
+            self._episode_from = 0.0
+
+    def new_episode(self) -> None:
+        """Count laps and progress from here: the daemon started an episode (the car stays put,
+        as a real one would)."""
+        with self.lock:
+            self._episode_from = self.world.travelled
 
     def pose(self) -> tuple[float, float, float]:
         with self.lock:
@@ -107,8 +116,13 @@ class RealTimeWorld:
             return st.x, st.y, st.heading
 
     def info(self) -> dict[str, Any]:
+        """The world's :meth:`~malpi.sim.world.World.info`; laps and progress since the episode
+        began (:meth:`new_episode`)."""
         with self.lock:
             info = self.world.info()
+            progress = (self.world.travelled - self._episode_from) / self.world.track.length
+        info["progress"] = progress
+        info["laps"] = max(0, math.floor(progress + 1e-9))
         info["respawns"] = self.respawns
         return info
 

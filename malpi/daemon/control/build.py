@@ -135,6 +135,17 @@ def _load_boot(config: Config) -> tuple[PolicyBundle | None, str, str]:
     return bundle, "fresh untrained policy", ""
 
 
+class _SimEpisodes:
+    """A telemetry sink: each new episode restarts the simulator's lap count."""
+
+    def __init__(self, sim_world: Any) -> None:
+        self.sim_world = sim_world
+
+    def __call__(self, topic: str, payload: dict[str, Any]) -> None:
+        if topic == "event" and payload.get("kind") == "episode_reset":
+            self.sim_world.new_episode()
+
+
 def build_sim_world(config: Config) -> Any:
     from malpi.sim.car import CarParams
     from malpi.sim.realtime import RealTimeWorld
@@ -202,6 +213,8 @@ def build_robot(
             child = ChildProcess("link", {**settings, "endpoint": link.endpoint}, child_cpus)
             children.append((child, link))
         telemetry = Telemetry()
+        if sim_world is not None:  # the simulator counts laps per episode, as the status shows
+            telemetry.add_sink(_SimEpisodes(sim_world))
         loop = ControlLoop(
             camera,
             drivetrain,
