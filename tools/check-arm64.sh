@@ -351,7 +351,8 @@ in_root "$venv/bin/pip" freeze >"$work/pip-freeze.txt"
 py_version=$(in_root "$venv/bin/python" -c 'import platform; print(platform.python_version())')
 versions=$(in_root "$venv/bin/python" -c '
 import numpy, cv2, importlib.metadata as m
-print(f"numpy {numpy.__version__}, ai-edge-litert {m.version(\"ai-edge-litert\")}, opencv {cv2.__version__}")')
+litert = m.version("ai-edge-litert")
+print(f"numpy {numpy.__version__}, ai-edge-litert {litert}, opencv {cv2.__version__}")')
 debian_version=$(cat "$root/etc/debian_version")
 
 log "apt modules with the pinned venv's numpy"
