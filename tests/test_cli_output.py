@@ -172,3 +172,11 @@ def test_a_paused_boot_records_no_empty_episode(tmp_path, capsys):
     assert "recording: " in run.stderr  # it had a recorder
     assert main(["episodes", "list", "--db", str(db)]) == 0
     assert capsys.readouterr().out == f"no episodes in {db}\n"
+
+
+def test_push_to_a_name_that_does_not_resolve_says_unknown_host(tmp_path, capsys):
+    # RFC 6761: .invalid never resolves. Said so, rather than waited for as a silent robot.
+    assert main(["push", "nosuchhost.invalid", str(make_policy_file(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert "malpi: error: unknown host 'nosuchhost.invalid'" in err
+    assert "no reply" not in err

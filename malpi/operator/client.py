@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -31,7 +32,7 @@ from typing import Any
 import zmq
 
 from malpi.protocol import schema
-from malpi.protocol.address import endpoints_for
+from malpi.protocol.address import endpoints_for, split_tcp
 from malpi.protocol.keys import CLIENT, apply_client_curve, keys_dir, load_public, server_key_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class RobotError(RuntimeError):
 
 class LinkTimeout(TimeoutError):
     """No reply in time: the robot is down, or (with CURVE) this client is not authorised."""
+
+
+class UnknownHost(ConnectionError):
+    """The robot's name does not resolve: nothing to connect to (ZeroMQ would just wait)."""
 
 
 class RobotClient:
@@ -67,6 +72,7 @@ class RobotClient:
         default_cmd, default_tel = endpoints_for(host)
         self.command_endpoint = command or default_cmd
         self.telemetry_endpoint = telemetry or default_tel
+        _check_resolves(self.command_endpoint)
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
         self._curve = None if insecure else _curve_keys(host, server_key, client_key, keys)
@@ -123,10 +129,13 @@ class RobotClient:
                 return reply
 
     def _timeout(self, timeout: float) -> LinkTimeout:
-        why = "robot down, or this client's key not authorised" if self.curve else "robot down"
-        if not self.curve:
-            why += ", or it uses CURVE: give --server-key"
-        return LinkTimeout(f"no reply from {self.command_endpoint} within {timeout:g} s ({why})")
+        where = self.command_endpoint.removeprefix("tcp://")
+        why = "is malpi drive running there, with the link on?"
+        if self.curve:
+            why += " Is this client's key authorised there (malpi keys authorize)?"
+        else:
+            why += " If it uses CURVE, give --server-key or run malpi keys trust first."
+        return LinkTimeout(f"no reply from {where} within {timeout:g} s ({why})")
 
     def ping(self) -> schema.Pong:
         return self.request(schema.Ping(v=schema.PROTOCOL_VERSION))
@@ -273,6 +282,19 @@ class RobotClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_resolves(endpoint: str) -> None:
+    """Raise :class:`UnknownHost` when a tcp:// endpoint's host name does not resolve."""
+    parts = split_tcp(endpoint)
+    if parts is None or parts[0] in ("", "*"):
+        return
+    try:
+        socket.getaddrinfo(parts[0], None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnknownHost(f"unknown host {parts[0]!r} ({exc.strerror})") from None
+    except UnicodeError:
+        raise UnknownHost(f"unknown host {parts[0]!r} (not a valid host name)") from None
 
 
 def _curve_keys(host, server_key, client_key, keys) -> tuple[bytes, Path] | None:
