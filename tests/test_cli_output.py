@@ -180,3 +180,26 @@ def test_push_to_a_name_that_does_not_resolve_says_unknown_host(tmp_path, capsys
     err = capsys.readouterr().err
     assert "malpi: error: unknown host 'nosuchhost.invalid'" in err
     assert "no reply" not in err
+
+
+# Runs malpi as an install without LiteRT (and TensorFlow: the `sim` extra alone) would.
+WITHOUT_LITERT = """
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("ai_edge_litert", "tensorflow"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from malpi.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_drive_without_litert_says_what_to_install():
+    cmd = [sys.executable, "-c", WITHOUT_LITERT, "drive", "--sim", "--duration", "2"]
+    run = subprocess.run(cmd + ["--no-link", "--no-record", "--quiet"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode != 0, run.stderr
+    assert "LiteRT is not installed" in run.stderr
+    assert "pip install -e '.[robot]'" in run.stderr and "ai-edge-litert" in run.stderr
+    assert "does not fit" not in run.stderr  # the shipped policy is fine; the install is not

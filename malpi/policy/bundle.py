@@ -241,11 +241,13 @@ class PolicyBundle:
             manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files, data
         )
         if check_models:
-            from malpi.policy.litert import check_model
+            from malpi.policy.litert import MissingRuntime, check_model
 
             for name in (FLOAT_MODEL, INT8_MODEL):
                 try:
                     check_model(files[name], spec)
+                except MissingRuntime:
+                    raise  # this install's fault, not the bundle's
                 except Exception as exc:
                     raise BundleError(f"{name} failed its test step: {exc}") from exc
         return bundle

@@ -10,6 +10,26 @@ import numpy as np
 
 from malpi.policy.spec import PolicySpec
 
+INSTALL_HINT = (
+    "Install it: pip install -e '.[robot]' in a MaLPi checkout (the robot's extra), "
+    "or pip install ai-edge-litert"
+)
+
+
+class MissingRuntime(ImportError):
+    """LiteRT is not installed: no bundle can be test-stepped or driven (not the bundle's fault)."""
+
+
+def interpreter_class() -> type:
+    """LiteRT's ``Interpreter``; :class:`MissingRuntime` with what to install when it is absent."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise MissingRuntime(
+            f"LiteRT is not installed ({exc}), and MaLPi runs every policy with it. {INSTALL_HINT}"
+        ) from exc
+    return Interpreter
+
 
 class LiteRTStep:
     """A LiteRT interpreter for the step model, its tensors resolved once by signature name."""
@@ -17,9 +37,9 @@ class LiteRTStep:
     def __init__(
         self, model: bytes | None, spec: PolicySpec, num_threads: int = 1, path: str | None = None
     ):
-        from ai_edge_litert.interpreter import Interpreter
-
         from malpi.quiet import filtered_stderr
+
+        Interpreter = interpreter_class()  # noqa: N806 - the class, under its own name
 
         with filtered_stderr():  # LiteRT's "Created ... XNNPACK delegate" INFO line, on fd 2
             # From a file the model is memory-mapped: nothing is copied while holding the GIL.
