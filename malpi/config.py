@@ -69,7 +69,7 @@ class CameraConfig:
     backend: str = "sim"  # sim | picamera2 | opencv | replay
     width: int = 160  # the policy's input size
     height: int = 120
-    fps: float = 30.0
+    fps: float = 20.0  # a whole multiple of loop.rate_hz: periods start on evenly spaced frames
     crop: list[float] = field(default_factory=list)  # [] or [left, top, right, bottom] fractions
     hflip: bool = False
     vflip: bool = False

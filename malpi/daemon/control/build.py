@@ -170,6 +170,13 @@ def build_robot(
     failure close what was built."""
     closers: list = []
     try:
+        ratio = config.camera.fps / config.loop.rate_hz
+        if config.loop.trigger == "frame" and abs(ratio - round(ratio)) > 0.01:
+            log.warning(
+                "camera.fps %g is not a whole multiple of loop.rate_hz %g: periods start on "
+                "frames unevenly spaced (the rate is kept on average); try camera.fps = %g",
+                config.camera.fps, config.loop.rate_hz, config.loop.rate_hz * max(1, round(ratio)),
+            )  # fmt: skip
         uses_sim = "sim" in (config.camera.backend, config.drivetrain.backend)
         sim_world = build_sim_world(config) if uses_sim else None
         # Motors first: claimed and stopped before anything else can fail or take time.
@@ -225,6 +232,7 @@ def build_robot(
                 deadman=config.safety.deadman_ms / 1000,
                 max_overruns=config.safety.max_overruns,
                 trigger=config.loop.trigger,
+                camera_fps=config.camera.fps,
             ),
             policy=policy,
             recorder=recorder,

@@ -48,6 +48,7 @@ from malpi.recorder.recorder import EpisodeMeta, Step
 log = logging.getLogger(__name__)
 
 
+
 class Mode(enum.StrEnum):
     PAUSED = "paused"  # motors stopped; the boot mode
     MANUAL = "manual"  # the operator drives; recorded as demonstration
@@ -62,6 +63,7 @@ class LoopSettings:
     max_overruns: int = 5  # consecutive overrun periods before the loop stops the car
     status_interval: float = 1.0  # s between status messages
     trigger: str = "frame"  # frame: a period starts when a new frame arrives; timer: on the clock
+    camera_fps: float = 30.0  # the camera's nominal rate (frame trigger: which frames to act on)
 
     @property
     def period(self) -> float:
@@ -274,8 +276,8 @@ class ControlLoop:
         # collector's sight, a full collection no longer walks it. With a large heap (hundreds
         # of thousands of objects) that walk holds the GIL for hundreds of ms: a stopped car.
         gc.freeze()
-        next_tick = time.monotonic()
-        self._rate_mark = (next_tick, 0)
+        due = time.monotonic()
+        self._rate_mark = (due, 0)
         try:
             while not self._stop.is_set():
                 self._period()
@@ -283,18 +285,18 @@ class ControlLoop:
                 self.stats.periods += 1
                 if max_periods is not None and self.stats.periods >= max_periods:
                     break
-                next_tick += period
+                due += period
                 now = time.monotonic()
-                if now > next_tick:
-                    self._overran(now, next_tick, period)
-                    next_tick = now  # re-synchronise rather than burst to catch up
+                if now > due:
+                    self._overran(now, due, period)
+                    due = now  # re-synchronise rather than burst to catch up
                 else:
                     self.stats.overrun_streak = 0
                     self._feed_watchdog(now)
                     if self.settings.trigger == "frame":
-                        next_tick = self._wait_for_frame(next_tick, period)
+                        due = self._wait_for_frame(due, period)
                     else:
-                        time.sleep(next_tick - now)
+                        time.sleep(due - now)
             return 0
         except BaseException as exc:
             self.drivetrain.stop()
@@ -430,17 +432,22 @@ class ControlLoop:
         self._maybe_status(t0)
 
     def _wait_for_frame(self, due: float, period: float) -> float:
-        """Frame-synchronous timing: the next period starts as soon as a new frame arrives,
-        but not before a quarter period ahead of ``due`` (a faster camera is down-sampled)
-        and not after a quarter period past it (a late or dead camera cannot hold the loop:
-        the period runs with the newest frame, and the stale-frame rule judges it). Returns
-        when the period starts: the schedule follows the camera's clock."""
-        earliest, latest = due - period / 4, due + period / 4
-        now = time.monotonic()
-        if now < earliest:
-            time.sleep(earliest - now)
-        self.camera.wait_newer(self._frame_index, max(0.0, latest - time.monotonic()))
-        return time.monotonic()
+        """Frame-synchronous timing: the next period starts when the first frame captured at or
+        after ``due`` (less half a frame interval) arrives, so the policy acts on a frame that
+        just came. The schedule stays at rate_hz on average: a faster camera's other frames are
+        skipped, and ``due`` moves only when the camera is later than it (it is then followed).
+        A late or dead camera cannot hold the loop: half a period past ``due`` the period runs
+        with the newest frame, and the stale-frame rule judges it. Returns the period's ``due``."""
+        half_frame = 0.5 / self.settings.camera_fps
+        deadline = due + period / 2
+        index = self._frame_index
+        while True:
+            frame = self.camera.wait_newer(index, max(0.0, deadline - time.monotonic()))
+            if frame is None:
+                return time.monotonic()
+            if frame.timestamp >= due - half_frame:
+                return due if frame.timestamp <= due + half_frame else frame.timestamp
+            index = frame.index  # captured too early for this period: down-sampled away
 
     # -- pieces of a period ------------------------------------------------------
 
