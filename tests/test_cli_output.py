@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,38 @@ def test_drive_without_litert_says_what_to_install():
     assert "LiteRT is not installed" in run.stderr
     assert "pip install -e '.[robot]'" in run.stderr and "ai-edge-litert" in run.stderr
     assert "does not fit" not in run.stderr  # the shipped policy is fine; the install is not
+
+
+def test_a_child_process_log_record_clears_the_status_line(tmp_path):
+    """The link process logs on the same terminal: its records start on a line of their own."""
+    from malpi.operator.client import RobotClient, RobotError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    policy = make_policy_file(tmp_path)
+    cmd = [sys.executable, "-m", "malpi", "drive", "--sim", "--duration", "8", "--no-record"]
+    cmd += ["--set", f'policy.path="{policy}"', "--set", f"camera.width={SPEC.image_width}"]
+    cmd += ["--set", f"camera.height={SPEC.image_height}"]
+    cmd += ["--set", f'link.command="tcp://127.0.0.1:{port}"']
+    cmd += ["--set", f'link.telemetry="tcp://127.0.0.1:{port + 1}"']
+    env = {**os.environ, "MALPI_STATUS_LINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        with RobotClient(f"127.0.0.1:{port}", insecure=True, timeout=1.0) as robot:
+            for _ in range(30):  # until the link answers and a status line has been drawn
+                try:
+                    if robot.status().step > 30:
+                        break
+                except TimeoutError:
+                    pass
+                time.sleep(0.2)
+            with pytest.raises(RobotError):
+                robot.load_policy(b"not a bundle")  # the link process logs the rejection
+        _, raw = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    err = raw.decode()
+    assert proc.returncode == 0, err[-3000:]
+    (rejected,) = [line for line in screen(err) if "policy_rejected" in line]
+    assert TIMESTAMP.match(rejected) and "[link]" in rejected, err

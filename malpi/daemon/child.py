@@ -43,9 +43,12 @@ class ChildContext:
 
 def run_child(role: str, main: Callable[[ChildContext], int]) -> None:
     """The body of ``python -m malpi.daemon.<role>``: read settings, then ``main``; exit with its code."""
+    # On a terminal the control process may be showing its status line (written with \r and no
+    # newline): a record first clears it, rather than landing glued to its end.
+    clear = "\r\033[K" if sys.stderr.isatty() or os.environ.get("MALPI_STATUS_LINE") else ""
     logging.basicConfig(
         level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s %(name)s [{role}]: %(message)s",
+        format=f"{clear}%(asctime)s %(levelname)s %(name)s [{role}]: %(message)s",
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
