@@ -37,6 +37,10 @@ NOISE = re.compile(
 )
 
 _enabled = True
+# One redirection at a time: two overlapping ones (threads building interpreters together)
+# would each restore the other's pipe. Within one, a nested call just runs.
+_lock = threading.RLock()
+_depth = 0
 
 
 def set_enabled(enabled: bool) -> None:
@@ -48,9 +52,24 @@ def set_enabled(enabled: bool) -> None:
 @contextlib.contextmanager
 def filtered_stderr() -> Iterator[None]:
     """Forward what is written to fd 2 meanwhile, except the lines :data:`NOISE` matches."""
+    global _depth
     if not _enabled:
         yield
         return
+    with _lock:
+        _depth += 1
+        try:
+            if _depth > 1:
+                yield
+            else:
+                with _redirected():
+                    yield
+        finally:
+            _depth -= 1
+
+
+@contextlib.contextmanager
+def _redirected() -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
