@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog="malpi COMMAND --help describes each command.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, everything TensorFlow and LiteRT print, and a traceback on error",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = commands.add_parser(
         "bench", help="measure performance (prints a table; --json FILE)"

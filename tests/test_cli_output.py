@@ -133,6 +133,14 @@ def test_every_option_says_what_it_is_for():
         if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
         and not (action.help or "").strip()
     ]
+    missing += [
+        f"{parser.prog} {command.dest}"
+        for parser in _parsers(build_parser())
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for command in action._choices_actions
+        if not (command.help or "").strip()
+    ]
     assert missing == []
 
 
