@@ -106,7 +106,23 @@ mount_root() {
     mountpoint -q "$root/$what" && continue
     mkdir -p "$root/$what"
     case "$what" in
-      proc) mount -t proc proc "$root/proc" ;;
+      proc)
+        mount -t proc proc "$root/proc"
+        mounted+=("$root/proc")
+        # qemu-user (7.2) passes the host's x86 /proc/cpuinfo through, and LiteRT's cpuinfo
+        # library, parsing it as an ARM one, crashes the interpreter (a segfault in
+        # Interpreter()); without /sys it gives up and runs without XNNPACK. A Raspberry Pi 4's
+        # (Cortex-A72) instead, one entry per CPU this machine has: XNNPACK picks the kernels
+        # it would on a Pi 4.
+        local i
+        : >"$work/cpuinfo"
+        for ((i = 0; i < $(nproc); i++)); do
+          printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$i"
+        done >>"$work/cpuinfo"
+        printf 'Revision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n' >>"$work/cpuinfo"
+        mount --bind "$work/cpuinfo" "$root/proc/cpuinfo"
+        what=proc/cpuinfo
+        ;;
       sys) mount -t sysfs sys "$root/sys" ;;
       dev) mount --bind /dev "$root/dev" ;;
       dev/pts) mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts" ;;
