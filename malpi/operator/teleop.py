@@ -1,8 +1,8 @@
 """``malpi teleop HOST``: watch and drive the robot from a pygame window.
 
-The window shows the live camera (the ``frame`` topic) with an overlay: mode,
-recording, episode and step, policy version, loop rate, latencies, faults,
-and the policy's action probabilities with the action taken and who chose it.
+The window shows the live camera (the ``frame`` topic) with an overlay (``overlay.py``): mode,
+recording, episode and step, the running policy and the one that boots, loop rate, latencies,
+faults, and the policy's action probabilities with the action taken and who chose it.
 
 Keys: arrows or WASD drive (up = straight on, left/right alone = hard turn,
 up+left/right = gentle turn, down = reverse if the action table has it);
@@ -14,6 +14,14 @@ left stick drives; A = stop, B = reset, X = recording, Y = mode.
 While a key or the stick is held, drive commands go out at ``drive_hz``
 (20 Hz by default, at least 10) so the robot's deadman stays fed; when it is
 released they stop, and in manual mode the robot stops within the deadman time.
+
+The link has three states. *waiting*: the robot has not answered yet (not up, a wrong
+address, a key it does not accept); the window says what it tries and keeps trying.
+*live*: a status reply came, and telemetry or replies keep coming. *lost*: nothing for
+``LOST_AFTER`` seconds (or a command went unanswered and telemetry is silent too); the
+window says so instead of showing the last mode and recording state as if they were current,
+sends no drive commands, and goes back to live by itself when the robot answers again (the
+same daemon, or a restarted one: ZeroMQ reconnects both sockets).
 """
 
 from __future__ import annotations
@@ -27,38 +35,46 @@ from pathlib import Path
 from typing import Any
 
 from malpi.operator.client import LinkTimeout, RobotClient, RobotError
+from malpi.operator.controls import choose_action, wish
+from malpi.operator.overlay import MODE_COLOURS, Overlay, badge
 from malpi.protocol import schema
+
+__all__ = ["MODE_COLOURS", "Teleop", "choose_action", "import_pygame"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("paused", "manual", "auto")
-MODE_COLOURS = {"paused": (120, 120, 120), "manual": (40, 140, 230), "auto": (40, 180, 90)}
-DEADZONE = 0.2
 DRIVE_TIMEOUT = 0.25  # s: a drive reply slower than this is counted as lost, the UI goes on
+LOST_AFTER = 1.5  # s without telemetry or a reply: the link is lost (telemetry comes at >= 1 Hz)
+QUIET_AFTER_FAILURE = 0.5  # s of silence that, with an unanswered command, is a lost link too
+PROBE_EVERY = 1.0  # s: a status request when no command went out (round trip, mode, policies)
+PROBE_TIMEOUT = 0.5
+# Connecting. Each try blocks the window for up to its timeout, so while nothing is heard the
+# tries are short and rare (the window stays responsive to q and closing); once telemetry
+# arrives the robot is up, and the tries are long enough for a slow link's round trip.
+TRY_TIMEOUT, TRY_EVERY = 0.25, 2.0
+TRY_TIMEOUT_HEARD, TRY_EVERY_HEARD = 1.0, 0.5
+OPERATOR_EXTRA = (
+    "malpi teleop needs pygame, from the operator extra: pip install 'malpi[operator]' "
+    "(in a checkout: pip install -e '.[operator]')"
+)
 
 
-def choose_action(actions: list[schema.ActionInfo], steer: float, throttle: float) -> int | None:
-    """The action nearest to a wish: ``steer`` in [-1, 1] (negative = left), ``throttle`` sign.
-
-    Forward wishes pick among forward actions, reverse among reverse ones
-    (None = stop when the table has none). ``steer`` is scaled to the table's
-    sharpest turn, so full left is its hardest left.
-    """
-    want_reverse = throttle < 0
-    pool = [
-        (i, a)
-        for i, a in enumerate(actions)
-        if (a.throttle < 0 if want_reverse else a.throttle > 0)
-    ]
-    if not pool:
-        return None
-    widest = max(abs(a.steering) for _, a in pool) or 1.0
-    target = max(-1.0, min(1.0, steer)) * widest
-    return min(pool, key=lambda ia: (abs(ia[1].steering - target), -abs(ia[1].throttle)))[0]
+def import_pygame() -> Any:
+    """pygame, or an ImportError that says which extra brings it (the robot install has none)."""
+    try:
+        import pygame
+    except ImportError as exc:
+        if exc.name != "pygame":  # pygame is there but broken: its own error says more
+            raise
+        raise ImportError(OPERATOR_EXTRA, name="pygame") from exc
+    return pygame
 
 
 class Teleop:
-    """The operator window. ``step()`` runs one frame of the UI (tests call it directly)."""
+    """The operator window. ``step()`` runs one frame of the UI (tests call it directly).
+
+    Creating it opens the window; it does not wait for the robot (``step()`` connects)."""
 
     def __init__(
         self,
@@ -68,10 +84,9 @@ class Teleop:
         fps: float = 30.0,
         title: str = "MaLPi",
     ):
-        import pygame
-
         if drive_hz < 10:
             raise ValueError("drive_hz must be at least 10: the robot's deadman needs it")
+        pygame = import_pygame()
         self.pg = pygame
         self.client = client
         self.drive_period = 1.0 / drive_hz
@@ -82,51 +97,83 @@ class Teleop:
         self.video_size = size
         self.screen = pygame.display.set_mode((size[0], size[1] + 44))
         pygame.display.set_caption(title)
-        self.font = pygame.font.Font(None, 22)
-        self.big = pygame.font.Font(None, 30)
-        self.small = pygame.font.Font(None, 18)
+        self.overlay = Overlay(pygame, self.screen, size)
         self.clock = pygame.time.Clock()
         self.held: set[int] = set()
         self.joystick = None
         self.frame_surface = None
         self.frame_info: schema.FrameMsg | None = None
         self.last_step: schema.StepMsg | None = None
-        self.last_status: schema.StatusMsg | None = None
+        self.last_status: schema.StatusMsg | schema.StatusReply | None = None
         self.events: deque[str] = deque(maxlen=3)
         self.rtt_ms: float | None = None
-        self.link_ok = True
         self.drive_times: list[float] = []  # when each drive command went out (tests, the overlay)
         self.frames_received = 0
         self.running = True
+        # What the robot said last (the overlay shows it only while the link is live).
+        self.actions: list[schema.ActionInfo] = []
+        self.mode: str | None = None
+        self.recording = False
+        self.policy_version: str | None = None
+        self.policy_source: str | None = None
+        self.boot_policy_version: str | None = None
+        self.boot_policy_source: str | None = None
+        # The link: see the module's docstring.
+        self.synced = False  # a status reply since the link was (re)gained: commands go out
+        self.ever_synced = False
+        self.started = time.monotonic()
+        self.last_heard: float | None = None  # telemetry or a reply (monotonic)
+        self.last_telemetry: float | None = None
+        self.lost_since = 0.0  # when the robot was last heard before the link was lost
+        self.robot_said: str | None = None  # its last words: the daemon stopped, or crashed
+        self.commands_ok = True  # the last command or probe was answered
+        self.tries = 0  # connection tries since the robot last answered
+        self.last_error: str | None = None
+        self._last_try = -float("inf")  # the last connection try: the first goes at once
         self._next_drive = 0.0
-        self._last_contact = 0.0
+        self._last_contact = 0.0  # the last command sent, for the idle probe
         self._connect_joystick()
-        status = client.status()
-        self.actions = status.actions
-        self.mode = status.mode
-        self.recording = status.recording
-        self.policy_version = status.policy_version
         client.subscribe(["frame", "step", "status", "event"])
+
+    @property
+    def state(self) -> str:
+        """``waiting`` (never answered), ``live``, or ``lost`` (answered before, silent now)."""
+        if self.synced:
+            return "live"
+        return "lost" if self.ever_synced else "waiting"
+
+    def badge(self) -> tuple[str, tuple, tuple, bool]:
+        """The mode badge as drawn: (label, fill, text colour, REC shown)."""
+        return badge(self.state, self.mode, self.recording)
 
     # -- one UI frame ----------------------------------------------------------------
 
     def step(self) -> None:
-        self._handle_input()
         self._receive()
-        self._drive()
-        self._ping()
+        self._link()
+        self._handle_input()
+        if self.synced:
+            self._drive()
+            self._probe()
         self.draw()
         self.pg.display.flip()
         self.clock.tick(self.fps)
 
     def run(self, seconds: float | None = None, screenshot: str | os.PathLike | None = None) -> int:
+        """Run until quit (q, Esc, the window closed) or ``seconds``; Ctrl-C closes the window
+        too (KeyboardInterrupt goes on up: the command exits 130)."""
         end = None if seconds is None else time.monotonic() + seconds
-        while self.running and (end is None or time.monotonic() < end):
-            self.step()
-        if screenshot:
-            self.save_screenshot(screenshot)
-        self.close()
+        try:
+            while self.running and (end is None or time.monotonic() < end):
+                self.step()
+            if screenshot:
+                self.save_screenshot(screenshot)
+        finally:
+            self.close()
         return 0
+
+    def draw(self) -> None:
+        self.overlay.draw(self)
 
     def save_screenshot(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -137,6 +184,94 @@ class Teleop:
 
     def close(self) -> None:
         self.pg.display.quit()
+
+    # -- the link ------------------------------------------------------------------------
+
+    def _link(self) -> None:
+        """Notice a lost link; (re)connect when not synced."""
+        now = time.monotonic()
+        if self.synced:
+            quiet = now - (self.last_heard or self.started)
+            if quiet > LOST_AFTER or (not self.commands_ok and quiet > QUIET_AFTER_FAILURE):
+                self._lose(now, quiet)
+            return
+        heard = self.last_telemetry is not None and now - self.last_telemetry < 1.0
+        if now < self._last_try + (TRY_EVERY_HEARD if heard else TRY_EVERY):
+            return
+        timeout = TRY_TIMEOUT_HEARD if heard else TRY_TIMEOUT
+        self.tries += 1
+        t0 = time.perf_counter()
+        try:
+            reply = self.client.request(schema.GetStatus(v=schema.PROTOCOL_VERSION), timeout)
+        except LinkTimeout as exc:
+            self.last_error = str(exc)
+        except RobotError as exc:  # up, but not ready (its control loop has not reported yet)
+            self.last_error = f"the robot answered: {exc.message}"
+            self.last_heard = time.monotonic()
+        else:
+            self._synced(reply, (time.perf_counter() - t0) * 1000)
+        self._last_try = time.monotonic()
+
+    def _synced(self, status: schema.StatusReply, rtt_ms: float) -> None:
+        now = time.monotonic()
+        if self.ever_synced:
+            gone = now - self.lost_since
+            log.info(
+                "link back (%s answered after %d tries)", self.client.command_endpoint, self.tries
+            )
+            self.events.append(f"link back after {gone:.0f} s")
+        else:
+            log.info("connected to %s", self.client.command_endpoint)
+        self.synced = self.ever_synced = True
+        self.commands_ok = True
+        self.tries, self.last_error, self.robot_said = 0, None, None
+        self.rtt_ms = rtt_ms
+        self.last_heard = now
+        self._last_contact = now
+        self._status(status)
+        self.actions = status.actions  # a restarted robot may have another table
+
+    def _lose(self, now: float, quiet: float) -> None:
+        self.synced = False
+        self.lost_since = self.last_heard or now
+        self.rtt_ms = None
+        self._last_try = -float("inf")
+        why = f"nothing heard for {quiet:.1f} s"
+        if not self.commands_ok:
+            why += ", a command went unanswered"
+        log.warning("link lost: %s from %s; trying again", why, self.client.command_endpoint)
+        self.events.append(f"link lost: {why}")
+
+    def _probe(self) -> None:
+        """While not driving, a status request a second: the round trip, and a mode, recording
+        state and policies that are true even when telemetry does not arrive."""
+        now = time.monotonic()
+        if now - self._last_contact < PROBE_EVERY:
+            return
+        self._last_contact = now
+        t0 = time.perf_counter()
+        try:
+            reply = self.client.request(schema.GetStatus(v=schema.PROTOCOL_VERSION), PROBE_TIMEOUT)
+        except LinkTimeout:
+            self.commands_ok = False
+        except RobotError as exc:
+            self.events.append(f"status: {exc.code}: {exc.message}")
+        else:
+            self.rtt_ms = (time.perf_counter() - t0) * 1000
+            self.commands_ok = True
+            self.last_heard = time.monotonic()
+            self._status(reply)
+            self.actions = reply.actions
+
+    def _status(self, s: schema.StatusReply | schema.StatusMsg) -> None:
+        """Take a status reply's or a status message's state."""
+        self.last_status = s
+        self.mode, self.recording = s.mode, s.recording
+        self.policy_version = s.policy_version
+        # Read with defaults: robots older than these fields do not send them.
+        self.policy_source = getattr(s, "policy_source", None)
+        self.boot_policy_version = getattr(s, "boot_policy_version", None)
+        self.boot_policy_source = getattr(s, "boot_policy_source", None)
 
     # -- input -------------------------------------------------------------------------
 
@@ -181,23 +316,7 @@ class Teleop:
 
     def wish(self) -> tuple[bool, float, float]:
         """(stop, steer, throttle) from the keys and the gamepad; (False, 0, 0) = nothing held."""
-        pg, held = self.pg, self.held
-        js = self.joystick
-        if pg.K_SPACE in held or (js is not None and js.get_numbuttons() and js.get_button(0)):
-            return True, 0.0, 0.0
-        left = bool(held & {pg.K_LEFT, pg.K_a})
-        right = bool(held & {pg.K_RIGHT, pg.K_d})
-        up = bool(held & {pg.K_UP, pg.K_w})
-        down = bool(held & {pg.K_DOWN, pg.K_s})
-        steer = (right - left) * (0.5 if up or down else 1.0)
-        throttle = float(up - down)
-        if steer or throttle:
-            return False, steer, throttle if throttle else 1.0
-        if js is not None and js.get_numaxes() >= 2:
-            x, y = js.get_axis(0), -js.get_axis(1)
-            if abs(x) > DEADZONE or abs(y) > DEADZONE:
-                return False, x if abs(x) > DEADZONE else 0.0, -1.0 if y < -DEADZONE else 1.0
-        return False, 0.0, 0.0
+        return wish(self.pg, self.held, self.joystick)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -214,39 +333,32 @@ class Teleop:
         try:
             reply = self.client.drive(action, timeout=DRIVE_TIMEOUT)
             self.rtt_ms = (time.perf_counter() - t0) * 1000
-            self.link_ok = True
+            self.commands_ok = True
+            self.last_heard = time.monotonic()
             if not reply.accepted:
                 self.events.append(f"drive refused: {reply.reason}")
         except LinkTimeout:
-            self.link_ok = False
+            self.commands_ok = False
         except RobotError as exc:
             self.events.append(f"drive refused: {exc.message}")
         self.drive_times.append(now)
         self._last_contact = now
         del self.drive_times[:-200]
 
-    def _ping(self) -> None:
-        """While not driving, a ping a second keeps the link figure (and "link lost") current."""
-        now = time.monotonic()
-        if now - self._last_contact < 1.0:
-            return
-        self._last_contact = now
-        t0 = time.perf_counter()
-        try:
-            self.client.request(schema.Ping(v=schema.PROTOCOL_VERSION), DRIVE_TIMEOUT)
-            self.rtt_ms, self.link_ok = (time.perf_counter() - t0) * 1000, True
-        except LinkTimeout:
-            self.link_ok = False
-
     def _command(self, what: str, fn, *args) -> Any:
+        if not self.synced:  # it would only wait for the timeout; say why nothing happens
+            self.events.append(f"{what}: not sent, {self.state}")
+            return None
+        self._last_contact = time.monotonic()
         try:
             reply = fn(*args)
-            self.link_ok = True
+            self.commands_ok = True
+            self.last_heard = time.monotonic()
             return reply
         except RobotError as exc:
             self.events.append(f"{what}: {exc.code}: {exc.message}")
         except LinkTimeout:
-            self.link_ok = False
+            self.commands_ok = False
             self.events.append(f"{what}: no reply")
         return None
 
@@ -274,6 +386,9 @@ class Teleop:
             msg = self.client.receive(0)
             if msg is None:
                 return
+            now = time.monotonic()
+            self.last_telemetry = now
+            self.last_heard = now
             topic, body = msg
             if topic == "frame":
                 self._frame(body)
@@ -281,11 +396,11 @@ class Teleop:
                 self.last_step = body
                 self.mode = body.mode
             elif topic == "status":
-                self.last_status = body
-                self.mode, self.recording = body.mode, body.recording
-                self.policy_version = body.policy_version
+                self._status(body)
             elif topic == "event":
                 self.events.append(f"{body.kind}: {body.message}")
+                if body.kind in ("stopped", "crash"):  # then a lost link is a stopped car
+                    self.robot_said = body.message
 
     def _frame(self, msg: schema.FrameMsg) -> None:
         try:
@@ -296,105 +411,3 @@ class Teleop:
         self.frame_surface = self.pg.transform.smoothscale(image.convert(), self.video_size)
         self.frame_info = msg
         self.frames_received += 1
-
-    # -- drawing ---------------------------------------------------------------------------
-
-    def draw(self) -> None:
-        pg, screen = self.pg, self.screen
-        w, h = self.video_size
-        screen.fill((16, 16, 16))
-        if self.frame_surface is not None:
-            screen.blit(self.frame_surface, (0, 0))
-        else:
-            self._text(self.big, "waiting for video...", (w // 2 - 100, h // 2), (200, 200, 200))
-        self._hud(w, h)
-        self._probabilities(w, h)
-        # The strip under the video: the latest events and the keys.
-        pg.draw.rect(screen, (28, 28, 28), (0, h, w, 44))
-        for i, line in enumerate(list(self.events)[-2:]):
-            self._text(self.small, line[:110], (8, h + 4 + i * 14), (220, 220, 160))
-        self._text(
-            self.small,
-            "arrows/WASD drive  space stop  m mode  r reset  f failed  c record  p shot  q quit",
-            (8, h + 30),
-            (150, 150, 150),
-        )
-
-    def _hud(self, w: int, h: int) -> None:
-        pg, screen = self.pg, self.screen
-        status, step = self.last_status, self.last_step
-        mode = self.mode
-        badge = pg.Rect(8, 8, 96, 28)
-        pg.draw.rect(screen, MODE_COLOURS.get(mode, (200, 60, 60)), badge, border_radius=6)
-        self._text(self.big, mode.upper(), (badge.x + 8, badge.y + 4), (255, 255, 255))
-        if self.recording:
-            pg.draw.circle(screen, (230, 40, 40), (122, 22), 8)
-            self._text(self.font, "REC", (134, 15), (255, 255, 255), shadow=True)
-        episode = step.episode if step else status.episode if status else 0
-        n = step.step if step else 0
-        lines = [f"episode {episode}  step {n}", f"policy {self.policy_version or '-'}"]
-        self._panel(lines, (8, 42))
-        rate = f"{status.rate_hz:.1f} Hz" if status else "- Hz"
-        missed = status.missed_periods if status else 0
-        lat = step.latency_ms if step else {}
-        right = [f"loop {rate}  missed {missed}"]
-        right.append(f"inference {lat.get('inference', 0):.1f} ms")
-        if "frame_to_motor" in lat:
-            right.append(f"frame to motor {lat['frame_to_motor']:.0f} ms")
-        if self.frame_info is not None:
-            right.append(f"video age {max(0.0, time.time() - self.frame_info.t) * 1000:.0f} ms")
-        right.append(
-            f"link {self.rtt_ms:.1f} ms" if self.rtt_ms is not None and self.link_ok else "link -"
-        )
-        if status is not None and status.cpu_temp_c is not None:
-            right.append(f"cpu {status.cpu_temp_c:.0f} °C")
-        self._panel(right, (w - 200, 8), width=192)
-        faults = (step.faults if step else list(status.faults) if status else []) or []
-        if not self.link_ok:
-            faults = ["link lost", *faults]
-        if faults:
-            self._panel(
-                ["FAULTS: " + ", ".join(faults)], (8, h - 150), colour=(255, 90, 90), width=w - 16
-            )
-
-    def _probabilities(self, w: int, h: int) -> None:
-        pg, screen = self.pg, self.screen
-        step = self.last_step
-        n = len(self.actions)
-        bar_w = min(110, (w - 16) // max(n, 1) - 6)
-        top = h - 96
-        overlay = pg.Surface((w, 96), pg.SRCALPHA)
-        overlay.fill((0, 0, 0, 140))
-        screen.blit(overlay, (0, top))
-        probs = step.probs if step and step.probs else None
-        for i, a in enumerate(self.actions):
-            x = 8 + i * (bar_w + 6)
-            p = probs[i] if probs and i < len(probs) else 0.0
-            full = 56
-            pg.draw.rect(screen, (70, 70, 70), (x, top + 10, bar_w, full), 1)
-            taken = step is not None and step.action == i
-            colour = (250, 200, 40) if taken else (90, 170, 250)
-            height = int(full * max(0.0, min(1.0, p)))
-            pg.draw.rect(screen, colour, (x, top + 10 + full - height, bar_w, height))
-            self._text(self.small, f"{p:.2f}" if probs else "-", (x + 2, top + 12), (255, 255, 255))
-            self._text(self.small, a.name[:14], (x, top + 72), (230, 230, 230))
-        if step is not None:
-            who = step.source or "stopped"
-            value = f"  value {step.value:+.2f}" if step.value is not None else ""
-            label = self.small.render(f"{who}{value}", True, (250, 200, 40))
-            screen.blit(label, (w - label.get_width() - 8, top - label.get_height() - 2))
-
-    def _panel(self, lines, pos, colour=(255, 255, 255), width=None) -> None:
-        pg = self.pg
-        lh = 18
-        width = width or max(self.font.size(s)[0] for s in lines) + 12
-        box = pg.Surface((width, lh * len(lines) + 8), pg.SRCALPHA)
-        box.fill((0, 0, 0, 150))
-        self.screen.blit(box, pos)
-        for i, line in enumerate(lines):
-            self._text(self.font, line, (pos[0] + 6, pos[1] + 5 + i * lh), colour)
-
-    def _text(self, font, text, pos, colour, shadow=False) -> None:
-        if shadow:
-            self.screen.blit(font.render(text, True, (0, 0, 0)), (pos[0] + 1, pos[1] + 1))
-        self.screen.blit(font.render(text, True, colour), pos)
