@@ -123,7 +123,7 @@ def test_the_window_waits_for_the_robot_and_reconnects_after_a_restart(ports):
             assert ui.badge()[0] == "MANUAL"
 
 
-def test_a_pushed_policy_that_is_not_kept_shows_what_boots(ports, tmp_path):
+def test_a_pushed_policy_that_is_not_kept_shows_what_boots(ports):
     cmd, tel, config = ports
     with window(cmd, tel) as ui, running_link(config) as d:
         step_until(ui, lambda: ui.state == "live", 5)
@@ -136,3 +136,21 @@ def test_a_pushed_policy_that_is_not_kept_shows_what_boots(ports, tmp_path):
         running, boots = overlay.policy_lines(ui)
         assert running.startswith(f"policy {ui.policy_version} (")
         assert boots.startswith(f"boots: {booted} (policy.path ")
+
+
+def test_replies_without_telemetry_are_not_a_live_link(ports):
+    """The robot's link process answers status requests from what the control loop last told it,
+    also when that loop has stopped: only telemetry proves the robot live."""
+    cmd, tel, config = ports
+    with running_link(config):
+        with window(cmd, f"tcp://127.0.0.1:{free_port()}") as ui:  # not its telemetry port
+            run_for(ui, 2.5)
+            assert ui.state == "waiting" and ui.tries >= 2
+            assert "no telemetry comes from" in ui.last_error
+        with window(cmd, tel) as ui:
+            step_until(ui, lambda: ui.state == "live", 5)
+            ui.client._sub.disconnect(tel)  # the telemetry stops; the commands go on
+            step_until(ui, lambda: ui.state == "lost", 2.5)
+            assert ui.commands_ok and ui.badge()[0] == "?"
+            ui.client._sub.connect(tel)
+            step_until(ui, lambda: ui.state == "live", 5)

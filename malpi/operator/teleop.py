@@ -17,11 +17,13 @@ released they stop, and in manual mode the robot stops within the deadman time.
 
 The link has three states. *waiting*: the robot has not answered yet (not up, a wrong
 address, a key it does not accept); the window says what it tries and keeps trying.
-*live*: a status reply came, and telemetry or replies keep coming. *lost*: nothing for
-``LOST_AFTER`` seconds (or a command went unanswered and telemetry is silent too); the
-window says so instead of showing the last mode and recording state as if they were current,
-sends no drive commands, and goes back to live by itself when the robot answers again (the
-same daemon, or a restarted one: ZeroMQ reconnects both sockets).
+*live*: a status reply came and telemetry keeps coming. *lost*: no telemetry for
+``LOST_AFTER`` seconds (less if a command went unanswered too); the window says so instead of
+showing the last mode and recording state as if they were current, sends no drive commands,
+and goes back to live by itself when the robot answers and its telemetry flows again (the
+same daemon, or a restarted one: ZeroMQ reconnects both sockets). Telemetry, not a reply, is
+what proves the link live: the robot's link process answers a status request from what the
+control loop last told it, also when that loop has stopped.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("paused", "manual", "auto")
 DRIVE_TIMEOUT = 0.25  # s: a drive reply slower than this is counted as lost, the UI goes on
-LOST_AFTER = 1.5  # s without telemetry or a reply: the link is lost (telemetry comes at >= 1 Hz)
+LOST_AFTER = 1.5  # s without telemetry: the link is lost (status alone comes at 1 Hz)
 QUIET_AFTER_FAILURE = 0.5  # s of silence that, with an unanswered command, is a lost link too
 PROBE_EVERY = 1.0  # s: a status request when no command went out (round trip, mode, policies)
 PROBE_TIMEOUT = 0.5
@@ -122,14 +124,16 @@ class Teleop:
         self.synced = False  # a status reply since the link was (re)gained: commands go out
         self.ever_synced = False
         self.started = time.monotonic()
-        self.last_heard: float | None = None  # telemetry or a reply (monotonic)
-        self.last_telemetry: float | None = None
+        self.last_heard: float | None = None  # the last telemetry message (monotonic)
         self.lost_since = 0.0  # when the robot was last heard before the link was lost
         self.robot_said: str | None = None  # its last words: the daemon stopped, or crashed
         self.commands_ok = True  # the last command or probe was answered
         self.tries = 0  # connection tries since the robot last answered
         self.last_error: str | None = None
         self._last_try = -float("inf")  # the last connection try: the first goes at once
+        self._synced_at = 0.0
+        # A status reply that came while no telemetry did: (when, reply, round trip in ms).
+        self._answer: tuple[float, schema.StatusReply, float] | None = None
         self._next_drive = 0.0
         self._last_contact = 0.0  # the last command sent, for the idle probe
         self._connect_joystick()
@@ -191,11 +195,15 @@ class Teleop:
         """Notice a lost link; (re)connect when not synced."""
         now = time.monotonic()
         if self.synced:
-            quiet = now - (self.last_heard or self.started)
+            quiet = now - max(self.last_heard or 0.0, self._synced_at)
             if quiet > LOST_AFTER or (not self.commands_ok and quiet > QUIET_AFTER_FAILURE):
                 self._lose(now, quiet)
             return
-        heard = self.last_telemetry is not None and now - self.last_telemetry < 1.0
+        heard = self.last_heard is not None and now - self.last_heard < 1.0
+        answered = self._answer is not None and now - self._answer[0] < 1.0
+        if heard and answered:  # the reply came just before the first telemetry
+            self._synced(*self._answer[1:])
+            return
         if now < self._last_try + (TRY_EVERY_HEARD if heard else TRY_EVERY):
             return
         timeout = TRY_TIMEOUT_HEARD if heard else TRY_TIMEOUT
@@ -207,9 +215,20 @@ class Teleop:
             self.last_error = str(exc)
         except RobotError as exc:  # up, but not ready (its control loop has not reported yet)
             self.last_error = f"the robot answered: {exc.message}"
-            self.last_heard = time.monotonic()
         else:
-            self._synced(reply, (time.perf_counter() - t0) * 1000)
+            rtt_ms = (time.perf_counter() - t0) * 1000
+            if heard:
+                self._synced(reply, rtt_ms)
+            else:  # the link process answers; is the robot's loop (its telemetry) there too?
+                first = self._answer is None
+                self._answer = (time.monotonic(), reply, rtt_ms)
+                self.last_error = (
+                    "the robot answers; waiting for its telemetry"
+                    if first
+                    else f"the robot answers, but no telemetry comes from "
+                    f"{self.client.telemetry_endpoint}: its control loop has stopped, or that "
+                    "is not its telemetry port (--telemetry-port)"
+                )
         self._last_try = time.monotonic()
 
     def _synced(self, status: schema.StatusReply, rtt_ms: float) -> None:
@@ -224,10 +243,9 @@ class Teleop:
             log.info("connected to %s", self.client.command_endpoint)
         self.synced = self.ever_synced = True
         self.commands_ok = True
-        self.tries, self.last_error, self.robot_said = 0, None, None
+        self.tries, self.last_error, self.robot_said, self._answer = 0, None, None, None
         self.rtt_ms = rtt_ms
-        self.last_heard = now
-        self._last_contact = now
+        self._synced_at = self._last_contact = now
         self._status(status)
         self.actions = status.actions  # a restarted robot may have another table
 
@@ -236,9 +254,8 @@ class Teleop:
         self.lost_since = self.last_heard or now
         self.rtt_ms = None
         self._last_try = -float("inf")
-        why = f"nothing heard for {quiet:.1f} s"
-        if not self.commands_ok:
-            why += ", a command went unanswered"
+        why = f"no telemetry for {quiet:.1f} s"
+        why += ", a command went unanswered" if not self.commands_ok else ""
         log.warning("link lost: %s from %s; trying again", why, self.client.command_endpoint)
         self.events.append(f"link lost: {why}")
 
@@ -259,7 +276,6 @@ class Teleop:
         else:
             self.rtt_ms = (time.perf_counter() - t0) * 1000
             self.commands_ok = True
-            self.last_heard = time.monotonic()
             self._status(reply)
             self.actions = reply.actions
 
@@ -334,7 +350,6 @@ class Teleop:
             reply = self.client.drive(action, timeout=DRIVE_TIMEOUT)
             self.rtt_ms = (time.perf_counter() - t0) * 1000
             self.commands_ok = True
-            self.last_heard = time.monotonic()
             if not reply.accepted:
                 self.events.append(f"drive refused: {reply.reason}")
         except LinkTimeout:
@@ -353,7 +368,6 @@ class Teleop:
         try:
             reply = fn(*args)
             self.commands_ok = True
-            self.last_heard = time.monotonic()
             return reply
         except RobotError as exc:
             self.events.append(f"{what}: {exc.code}: {exc.message}")
@@ -386,9 +400,7 @@ class Teleop:
             msg = self.client.receive(0)
             if msg is None:
                 return
-            now = time.monotonic()
-            self.last_telemetry = now
-            self.last_heard = now
+            self.last_heard = time.monotonic()
             topic, body = msg
             if topic == "frame":
                 self._frame(body)
