@@ -33,7 +33,7 @@ def robot_config(tmp: Path, policy: Path, **overrides):
         "camera.backend": "sim",
         "camera.width": SPEC.image_width,
         "camera.height": SPEC.image_height,
-        "camera.fps": 60.0,
+        "camera.fps": 50.0,  # a frame per period
         "drivetrain.backend": "differential",
         "loop.rate_hz": RATE_HZ,
         "policy.path": str(policy),

@@ -53,12 +53,28 @@ def served_drive(tmp_path):
         text=True,
     )  # fmt: skip
     try:
+        _wait_for_link(cmd_port, drive)
         yield f"127.0.0.1:{cmd_port}", ["--telemetry-port", str(tel_port)]
     finally:
         drive.send_signal(signal.SIGINT)
         _, err = drive.communicate(timeout=30)
     assert drive.returncode == 0, err[-3000:]
     assert f"link: commands on tcp://127.0.0.1:{cmd_port}" in err
+
+
+def _wait_for_link(port: int, drive: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until the daemon answers (a client started earlier would wait; these tests want it up)."""
+    from malpi.operator.client import LinkTimeout, RobotClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert drive.poll() is None, "malpi drive exited"
+        try:
+            with RobotClient(command=f"tcp://127.0.0.1:{port}", insecure=True, timeout=0.5) as c:
+                c.ping()
+                return
+        except LinkTimeout:
+            assert time.monotonic() < deadline, "malpi drive's link did not come up"
 
 
 OPTS = ["--insecure", "--timeout", "10"]

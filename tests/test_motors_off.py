@@ -37,7 +37,7 @@ rate_hz = 50.0
 backend = "sim"
 width = {SPEC.image_width}
 height = {SPEC.image_height}
-fps = 60.0
+fps = 50.0
 [drivetrain]
 backend = "differential"
 [policy]

@@ -181,7 +181,7 @@ def test_the_daemon_refuses_a_policy_trained_at_another_rate(tmp_path, data):
     path = tmp_path / "p.malpi"
     path.write_bytes(rezip(data, manifest_edit=lambda m: m.update(control_hz=20.0)))
     size = {"camera.height": SPEC.image_height, "camera.width": SPEC.image_width}
-    at_30 = {"policy.path": str(path), "loop.rate_hz": 30.0, **size}
+    at_30 = {"policy.path": str(path), "loop.rate_hz": 30.0, "camera.fps": 30.0, **size}
     with pytest.raises(BundleError, match="policy.allow_rate_mismatch"):
         load_policy_bundle(load_config(None, at_30))
     bundle, _ = load_policy_bundle(load_config(None, {**at_30, "policy.allow_rate_mismatch": True}))

@@ -115,6 +115,7 @@ class RobotClient:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._sock.poll(remaining * 1000, zmq.POLLIN):
+                    self._reconnect()
                     raise self._timeout(timeout)
                 frames = self._sock.recv_multipart()
                 try:
@@ -127,6 +128,13 @@ class RobotClient:
                 if isinstance(reply, schema.ErrorReply):
                     raise RobotError(reply.code, reply.message)
                 return reply
+
+    def _reconnect(self) -> None:
+        """A fresh socket: what the old one still queued (drive commands given long ago) is
+        dropped, not delivered when the link comes back."""
+        self._sock.close(0)
+        self._sock = self._socket(zmq.DEALER)
+        self._sock.connect(self.command_endpoint)
 
     def _timeout(self, timeout: float) -> LinkTimeout:
         where = self.command_endpoint.removeprefix("tcp://")
@@ -158,9 +166,9 @@ class RobotClient:
         if seq is None:
             seq = self._last_seq + 1
         self._last_seq = max(seq, self._last_seq)
-        return self.request(
-            schema.Drive(v=schema.PROTOCOL_VERSION, action=action, seq=seq), timeout
-        )
+        drive = schema.Drive(v=schema.PROTOCOL_VERSION, action=action, seq=seq)
+        drive.sent = time.monotonic()  # a drive queued through a dropped link arrives refused
+        return self.request(drive, timeout)
 
     def reset_episode(self) -> schema.EpisodeReply:
         return self.request(schema.ResetEpisode(v=schema.PROTOCOL_VERSION))

@@ -89,9 +89,12 @@ class SetMode(Request, tag="set_mode"):
     mode: Mode
 
 
-class Drive(Request, tag="drive"):
+class Drive(Request, tag="drive", omit_defaults=True):  # no sent: encoded as before it
     action: ActionIndex | None  # an index into the action table; None (nil) = stop
     seq: UInt  # must increase from one drive command to the next (stale ones are ignored)
+    # The client's own clock (any epoch, seconds, e.g. a monotonic one) when it sent this. The
+    # robot learns each connection's usual lag and refuses a drive held up in transit.
+    sent: float | None = None
 
 
 class ResetEpisode(Request, tag="reset_episode"):

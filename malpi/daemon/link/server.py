@@ -44,6 +44,7 @@ from malpi.daemon import ipc
 from malpi.daemon.link.control import ControlChannel
 from malpi.daemon.link.publisher import LinkError, TelemetryPublisher, bind, check_bind
 from malpi.daemon.link.security import ServerSecurity
+from malpi.daemon.link.transit import TransitDelay
 from malpi.protocol import schema
 from malpi.protocol.schema import ProtocolError
 
@@ -97,6 +98,9 @@ class LinkServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._clients: OrderedDict[bytes, int] = OrderedDict()  # routing id -> last drive seq
+        self._transit = TransitDelay()
+        # A drive older than the deadman would move the car on a command given that long ago.
+        self._max_drive_delay = config.safety.deadman_ms / 1000
         # The loop's mode, episode, step and period counts, from its step messages and its
         # state, whichever came last: status and drive replies are as fresh as can be.
         self._live: dict[str, Any] = {}
@@ -291,6 +295,20 @@ class LinkServer:
             raise ProtocolError("invalid", f"action {req.action} is outside the table of {n}")
         client = envelope[0]
         last = self._clients.get(client)
+        delay = self._transit.delay(client, req.sent)
+        if req.action is not None and delay > self._max_drive_delay:
+            self.stats["drives_refused"] += 1
+            self._send(
+                envelope,
+                schema.DriveReply(
+                    id=req.id,
+                    accepted=False,
+                    mode=self._mode(),
+                    reason=f"held up in transit: arrived {delay * 1000:.0f} ms later than this "
+                    "client's drives do (a link that dropped and came back)",
+                ),
+            )
+            return
         if req.action is not None and last is not None and req.seq <= last:
             self.stats["drives_refused"] += 1
             self._send(
