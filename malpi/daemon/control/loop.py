@@ -48,7 +48,6 @@ from malpi.recorder.recorder import EpisodeMeta, Step
 log = logging.getLogger(__name__)
 
 
-
 class Mode(enum.StrEnum):
     PAUSED = "paused"  # motors stopped; the boot mode
     MANUAL = "manual"  # the operator drives; recorded as demonstration
