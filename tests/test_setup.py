@@ -95,6 +95,7 @@ def test_a_wheel_that_turns_backwards_is_inverted_and_a_swapped_pair_is_swapped(
             "y",  # wheels off the ground
             "n", "y",  # left wheel turned backwards: inverted, run again, now right
             "o", "y",  # the other (left) wheel moved: sides swapped, run again
+            "n",  # not on the floor: no steering trim
             "sim",
         ],
         keys=["enter", "enter"],
@@ -111,7 +112,8 @@ def test_a_wheel_that_turns_backwards_is_inverted_and_a_swapped_pair_is_swapped(
 
 
 def test_the_arrow_keys_calibrate_and_each_change_runs_the_wheels(pins):
-    setup = Setup(Scripted(keys=["up", "up", "up", "down", "enter", "down", "quit"]), None,
+    keys = ["up", "up", "up", "down", "enter", "down", "quit"]
+    setup = Setup(Scripted(answers=["n"], keys=keys), None,
                   differential(), seconds=0.1)  # fmt: skip
     setup.calibrate()
     assert setup.config().drivetrain.differential.min_speed == pytest.approx(0.04)
@@ -183,7 +185,7 @@ def test_a_motor_test_stops_on_ctrl_c_and_a_lost_terminal(tmp_path, sig):
         out, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert time.monotonic() - sent < 2.0
+    assert time.monotonic() - sent < 5.0  # a loaded machine; the stop itself is at once
     assert proc.returncode != 0
     assert list(wires[[17, 27, 22, 23]]) == [0, 0, 0, 0]
     assert "RIGHT wheel" not in out  # it did not go on to the next output
@@ -203,3 +205,16 @@ def test_a_servo_car_arms_its_esc_then_tests_steering_and_throttle(tmp_path, pin
     assert throttle_pulses[0] == 1500 and max(throttle_pulses) == 1650
     assert max(round(s.state * frame_us) for s in steering.states) == 1800  # 0.6 of the way right
     assert throttle.state == 0 and steering.state == 0  # released: no pulses
+
+
+def test_the_steering_trim_is_found_on_the_floor(pins):
+    keys = ["enter", "enter", "right", "right", "enter"]  # min/max kept, trim 0.04
+    setup = Setup(Scripted(answers=["y"], keys=keys), None, differential(), seconds=0.1)
+    setup.calibrate()
+    assert setup.config().drivetrain.differential.steering_trim == pytest.approx(0.04)
+    # Trimmed right, the right side runs slower: 30 % * (1 - 0.04) the last time.
+    assert [s.state for s in pins.pin(RIGHT_FORWARD).states if s.state][-1] == pytest.approx(
+        0.3 * 0.96
+    )
+    assert peak(pins, LEFT_FORWARD) == pytest.approx(0.3)
+    assert pins.pin(LEFT_FORWARD).state == 0 and pins.pin(RIGHT_FORWARD).state == 0

@@ -20,7 +20,7 @@ from malpi.actions import MotorCommand
 from malpi.camera.capture import CameraError
 from malpi.config import Config, ConfigError, load_config
 from malpi.setup.camera_check import check_camera
-from malpi.setup.outputs import check_bounds, outputs, pulse
+from malpi.setup.outputs import MAX_SECONDS, check_bounds, outputs, pulse
 from malpi.setup.terminal import Terminal
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,23 @@ class Setup:
         self.term.say("Calibration: the arrow keys change a value, Enter keeps it, q leaves it.")
         for a in adjustments(self.config(), self.power):
             self.adjust(a)
+        if self.value("drivetrain.backend") == "differential":
+            self.trim()
+
+    def trim(self) -> None:
+        """Steering trim: only on the floor, where the car can show whether it runs straight."""
+        seconds = min(1.5, MAX_SECONDS)
+        self.term.say(
+            f"Steering trim: each press of left/right runs the car straight ahead for {seconds} s "
+            f"at {self.power:.0%} power; trim until it keeps a straight line."
+        )
+        if not self.term.confirm("Is the car on the floor with 2 m clear ahead?", default=False):
+            self.term.say("  steering trim skipped")
+            return
+        key = "drivetrain.differential.steering_trim"
+        forward = MotorCommand(0.0, self.power)
+        self.adjust(Adjustment(key, "(right: it pulls left)", 0.02, -0.5, 0.5, ("left", "right"),
+                               forward, seconds))  # fmt: skip
 
     def adjust(self, a: Adjustment) -> None:
         value = kept = self.value(a.key)

@@ -296,30 +296,18 @@ class LinkServer:
         client = envelope[0]
         last = self._clients.get(client)
         delay = self._transit.delay(client, req.sent)
+        reason = None
         if req.action is not None and delay > self._max_drive_delay:
-            self.stats["drives_refused"] += 1
-            self._send(
-                envelope,
-                schema.DriveReply(
-                    id=req.id,
-                    accepted=False,
-                    mode=self._mode(),
-                    reason=f"held up in transit: arrived {delay * 1000:.0f} ms later than this "
-                    "client's drives do (a link that dropped and came back)",
-                ),
+            reason = (
+                f"held up in transit: arrived {delay * 1000:.0f} ms later than this client's "
+                "drives do (a link that dropped and came back)"
             )
-            return
-        if req.action is not None and last is not None and req.seq <= last:
+        elif req.action is not None and last is not None and req.seq <= last:
+            reason = f"stale sequence number {req.seq} (this client's last was {last})"
+        if reason is not None:
             self.stats["drives_refused"] += 1
-            self._send(
-                envelope,
-                schema.DriveReply(
-                    id=req.id,
-                    accepted=False,
-                    mode=self._mode(),
-                    reason=f"stale sequence number {req.seq} (this client's last was {last})",
-                ),
-            )
+            reply = schema.DriveReply(id=req.id, accepted=False, mode=self._mode(), reason=reason)
+            self._send(envelope, reply)
             return
         self._clients[client] = max(req.seq, last or 0)
         self._clients.move_to_end(client)
