@@ -393,19 +393,46 @@ fi
 
 # --- 3a. the test suite ---------------------------------------------------------------------
 log "pytest (emulated; slow)"
-set +e
 # A test file that does not import on the robot install is an error in the count; the other
-# files still run (--continue-on-collection-errors).
-in_root_at /opt/malpi/src nice -n 10 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-  --continue-on-collection-errors -o timeout="$test_timeout" "${pytest_args[@]}" \
-  >"$work/pytest.log" 2>&1
+# files still run (--continue-on-collection-errors). Unbuffered, so the summary is in the log
+# as soon as pytest prints it.
+in_root_at /opt/malpi/src env PYTHONUNBUFFERED=1 nice -n 10 "$venv/bin/python" -m pytest -q \
+  -p no:cacheprovider --continue-on-collection-errors -o timeout="$test_timeout" \
+  "${pytest_args[@]}" >"$work/pytest.log" 2>&1 &
+test_pid=$! # chroot, env and nice exec: this is pytest itself
+# Emulated, pytest has printed its summary and then hung at exit (a ZeroMQ context that a
+# failed test left open, waited on at interpreter shutdown): once the summary is out, it gets
+# two minutes, then an interrupt. The counts decide then.
+summary_re='^=* ?[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s'
+hung=""
+while kill -0 "$test_pid" 2>/dev/null; do
+  if grep -qE "$summary_re" "$work/pytest.log"; then
+    for _ in $(seq 120); do kill -0 "$test_pid" 2>/dev/null && sleep 1; done
+    if kill -0 "$test_pid" 2>/dev/null; then
+      hung=" (pytest hung at exit after its summary: interrupted)"
+      kill -INT "$test_pid"
+      for _ in $(seq 60); do kill -0 "$test_pid" 2>/dev/null && sleep 1; done
+      kill -KILL "$test_pid" 2>/dev/null || true
+    fi
+    break
+  fi
+  sleep 10
+done
+set +e
+wait "$test_pid"
 test_rc=$?
 set -e
 tail -n 30 "$work/pytest.log"
-test_counts=$(grep -E '(passed|failed|error|skipped).* in [0-9.]+s' "$work/pytest.log" | tail -n1 \
-  | sed -E 's/^=+ //; s/ =+$//')
-[ -n "$test_counts" ] || test_counts="no summary line (pytest exit $test_rc)"
-[ "$test_rc" -eq 0 ] || failures+=("pytest exit $test_rc")
+test_counts=$(grep -E "$summary_re" "$work/pytest.log" | tail -n1 | sed -E 's/^=+ //; s/ =+$//')
+if [ -z "$test_counts" ]; then
+  failures+=("pytest exit $test_rc, no summary")
+  test_counts="no summary line (pytest exit $test_rc)"
+elif [ -n "$hung" ]; then
+  ! grep -qE '[0-9]+ (failed|errors?)' <<<"$test_counts" || failures+=("pytest: $test_counts")
+  test_counts+=$hung
+else
+  [ "$test_rc" -eq 0 ] || failures+=("pytest exit $test_rc")
+fi
 
 # --- 3b. the daemon on the simulator ----------------------------------------------------------
 log "malpi drive --sim --duration 10 --no-link"
