@@ -47,6 +47,8 @@ from malpi.recorder.recorder import EpisodeMeta, Step
 
 log = logging.getLogger(__name__)
 
+PHASE_GAIN = 0.2  # the share of a frame's offset from its due time the schedule takes up
+
 
 class Mode(enum.StrEnum):
     PAUSED = "paused"  # motors stopped; the boot mode
@@ -434,7 +436,8 @@ class ControlLoop:
         """Frame-synchronous timing: the next period starts when the first frame captured at or
         after ``due`` (less half a frame interval) arrives, so the policy acts on a frame that
         just came. The schedule stays at rate_hz on average: a faster camera's other frames are
-        skipped, and ``due`` moves only when the camera is later than it (it is then followed).
+        skipped, ``due`` drifts a little towards the frames' phase each period, and it jumps
+        only when the camera is later than it (it is then followed).
         A late or dead camera cannot hold the loop: half a period past ``due`` the period runs
         with the newest frame, and the stale-frame rule judges it. Returns the period's ``due``."""
         half_frame = 0.5 / self.settings.camera_fps
@@ -445,7 +448,11 @@ class ControlLoop:
             if frame is None:
                 return time.monotonic()
             if frame.timestamp >= due - half_frame:
-                return due if frame.timestamp <= due + half_frame else frame.timestamp
+                if frame.timestamp > due + half_frame:
+                    return frame.timestamp  # the camera is later than the schedule: follow it
+                # Nudge the schedule towards the camera's phase: frames then come mid-window,
+                # and a frame's jitter does not push it out of the window.
+                return due + PHASE_GAIN * (frame.timestamp - due)
             index = frame.index  # captured too early for this period: down-sampled away
 
     # -- pieces of a period ------------------------------------------------------
