@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import SPEC, make_policy_file
-from extras import needs_tf
+from extras import needs_gym, needs_tf
 
 import malpi
 from malpi import quiet
@@ -97,6 +97,7 @@ def test_filtered_stderr_drops_only_the_known_lines(capfd):
     )
 
 
+@needs_gym
 def test_eval_prints_a_summary_and_writes_the_report(tmp_path, capsys):
     bundle, report_path = make_policy_file(tmp_path), tmp_path / "eval.json"
     args = ["eval", str(bundle), "--tracks", "1000,1001", "--laps", "1", "--max-steps", "30"]
