@@ -130,7 +130,7 @@ class SimConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     path: str = ""  # bundle; "" = the last kept in the store, else the shipped default
-    backend: str = "litert_int8"  # litert_int8 | litert_float | tf
+    backend: str = "auto"  # auto | litert_int8 | litert_dynamic | litert_float | tf
     sample: bool = False  # draw actions from the probabilities instead of argmax
     num_threads: int = 1
     store: str = "~/.local/share/malpi/policies"  # bundles accepted over the link + history

@@ -32,6 +32,8 @@ NOISE = re.compile(
             # with a GPU whose driver is broken, malpi -v shows them.
             r"I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.",
             r"E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*",
+            # The converter's calibrator, on every integer model it makes.
+            r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+",
         ]
     )
 )

@@ -54,13 +54,36 @@ def make(name: str) -> PolicyBundle:
 
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
+    from malpi.policy.quantize import calibration_samples, integer_model
 
     seed, sharpened = RECIPES[name]
     net = build_policy(SPEC, seed=seed)
     if sharpened:
         sharpen(net)
     provenance = {"made_by": "tests/make_fixtures.py", "seed": seed, "sharpened": sharpened}
-    return make_bundle(net, DEFAULT_ACTIONS, provenance=provenance)
+    bundle = make_bundle(net, DEFAULT_ACTIONS, provenance=provenance)
+    # An integer model too, so that the robot install's tests run the backend a Pi runs;
+    # calibrated on random frames (no simulator here), which is all a test policy sees.
+    samples = calibration_samples(bundle, random_episodes(seed), limit=100)
+    return bundle.with_integer_model(
+        integer_model(net, samples), {"calibration": "random frames (a test fixture)"}
+    )
+
+
+def random_episodes(seed: int, episodes: int = 3, steps: int = 40):
+    """(frames, actions) of random smooth images and random actions."""
+    import numpy as np
+
+    from malpi.policy.export import random_observation
+
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            np.stack([random_observation(SPEC, rng) for _ in range(steps)]),
+            rng.integers(0, SPEC.num_actions, steps),
+        )
+        for _ in range(episodes)
+    ]
 
 
 def main() -> int:

@@ -55,7 +55,7 @@ def test_the_committed_bundles_are_what_the_script_makes(name):
     assert kept.manifest["payloads"]["weights.npz"] == fresh.manifest["payloads"]["weights.npz"]
     for key, w in fresh.weights.items():
         np.testing.assert_array_equal(kept.weights[key], w, err_msg=f"{where} {STALE}")
-    for backend in ("litert_float", "litert_int8"):
+    for backend in ("litert_float", "litert_dynamic", "litert_int8"):
         for got, want in zip(episode(kept, backend), episode(fresh, backend), strict=True):
             worst = max(
                 float(np.abs(np.subtract(g, w)).max()) for g, w in zip(got, want, strict=True)

@@ -92,7 +92,9 @@ def _non_finite(data):
 
 
 def _broken_model(data):  # consistent checksums, but the LiteRT model cannot run
-    return rezip(data, payload_edit=lambda f: f.update({"int8.tflite": f["int8.tflite"][:4096]}))
+    return rezip(
+        data, payload_edit=lambda f: f.update({"integer.tflite": f["integer.tflite"][:4096]})
+    )
 
 
 def _missing_file(data):
@@ -111,7 +113,7 @@ BAD = [
     (_wrong_camera, "has shape"),
     (_wrong_actions, "wrong action count"),
     (_non_finite, "lstm/kernel has non-finite values"),
-    (_broken_model, "int8.tflite failed its test step"),
+    (_broken_model, "integer.tflite failed its test step"),
     (_missing_file, "missing ['float.tflite']"),
     (lambda data: b"", "truncated or corrupt"),
 ]

@@ -27,7 +27,8 @@ def bundle():
         actions=tiny.actions,
         weights=tiny.weights,
         tflite_float=tiny.tflite_float,
-        tflite_int8=tiny.tflite_int8,
+        tflite_dynamic=tiny.tflite_dynamic,
+        tflite_integer=tiny.tflite_integer,
         provenance={"test": True},
     )
 
@@ -42,12 +43,21 @@ def test_round_trip_keeps_everything(bundle, data, tmp_path):
     loaded = PolicyBundle.load(path)
     assert loaded.manifest == bundle.manifest
     assert loaded.spec == SPEC and loaded.actions == DEFAULT_ACTIONS
-    assert loaded.tflite_float == bundle.tflite_float and loaded.tflite_int8 == bundle.tflite_int8
+    assert loaded.models == bundle.models and set(loaded.models) == {
+        "litert_float",
+        "litert_dynamic",
+        "litert_int8",
+    }
     for name, w in bundle.weights.items():
         np.testing.assert_array_equal(loaded.weights[name], w)
     m = loaded.manifest
-    assert m["format_version"] == 1 and m["provenance"] == {"test": True} and m["created"]
-    assert set(m["payloads"]) == {"weights.npz", "float.tflite", "int8.tflite"}
+    assert m["format_version"] == 2 and m["provenance"] == {"test": True} and m["created"]
+    assert set(m["payloads"]) == {
+        "weights.npz",
+        "float.tflite",
+        "dynamic_range.tflite",
+        "integer.tflite",
+    }
     assert all(len(p["sha256"]) == 64 for p in m["payloads"].values())
 
 
@@ -74,13 +84,18 @@ def test_flipped_byte_is_rejected(data):
             PolicyBundle.from_bytes(bytes(corrupt))
 
 
+def flip_middle(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+
+
 def test_payload_not_matching_its_checksum_is_rejected(data):
     bad = rezip(
         data,
-        payload_edit=lambda f: f.update({"int8.tflite": f["int8.tflite"][:-1] + b"\0"}),
+        payload_edit=lambda f: f.update({"integer.tflite": flip_middle(f["integer.tflite"])}),
         fix_checksums=False,
     )
-    with pytest.raises(BundleError, match="int8.tflite"):
+    with pytest.raises(BundleError, match="integer.tflite"):
         PolicyBundle.from_bytes(bad)
 
 
@@ -109,12 +124,6 @@ def test_nan_weight_is_rejected(data):
 
     bad = rezip(data, payload_edit=lambda f: edit_weights(f, poison))
     with pytest.raises(BundleError, match="lstm/kernel has non-finite values"):
-        PolicyBundle.from_bytes(bad)
-
-
-def test_unknown_format_version_is_rejected(data):
-    bad = rezip(data, manifest_edit=lambda m: m.update(format_version=2))
-    with pytest.raises(BundleError, match="unknown bundle format version 2"):
         PolicyBundle.from_bytes(bad)
 
 
@@ -194,3 +203,84 @@ def test_the_shipped_default_was_trained_at_the_simulators_20_hz():
 
     shipped = PolicyBundle.from_bytes(shipped_policy().read_bytes(), check_models=False)
     assert shipped.control_hz == 1 / DEFAULT_DT == 20.0
+
+
+# -- format versions and the optional integer model --------------------------------------------
+
+
+def relayout(data: bytes, version: int, payloads) -> bytes:
+    """The bundle with its payloads edited by ``payloads(files)`` and its manifest saying
+    ``version`` and listing what is left, with true checksums."""
+    import hashlib
+
+    edited = {}
+
+    def edit(files):
+        payloads(files)
+        edited.update(files)
+
+    def manifest(m):
+        m["format_version"] = version
+        m["payloads"] = {
+            n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
+            for n, b in edited.items()
+            if n != "manifest.json"
+        }
+
+    return rezip(data, manifest_edit=manifest, payload_edit=edit, fix_checksums=False)
+
+
+def as_format_1(data: bytes) -> bytes:
+    """The bundle as format 1 wrote it: no integer model, the dynamic-range one as int8.tflite."""
+
+    def payloads(f):
+        f.pop("integer.tflite")
+        f["int8.tflite"] = f.pop("dynamic_range.tflite")
+
+    return relayout(data, 1, payloads)
+
+
+def test_a_format_1_bundle_still_loads_and_runs_dynamic_range(bundle, data):
+    from malpi.policy.runtime import StepPolicy, resolve_backend
+
+    old = PolicyBundle.from_bytes(as_format_1(data))
+    assert old.manifest["format_version"] == 1 and old.tflite_integer is None
+    assert old.tflite_dynamic == bundle.tflite_dynamic
+    assert resolve_backend(old, "auto") == "litert_dynamic"
+    assert StepPolicy(old).backend_name == "litert_dynamic"
+    with pytest.raises(ValueError, match="has no integer model.*malpi train quantize"):
+        StepPolicy(old, backend="litert_int8")
+
+
+def test_auto_runs_the_integer_model_when_there_is_one(bundle):
+    from malpi.policy.runtime import resolve_backend
+
+    assert resolve_backend(bundle, "auto") == "litert_int8"
+    with pytest.raises(ValueError, match="unknown policy backend 'int4'"):
+        resolve_backend(bundle, "int4")
+
+
+def test_the_integer_model_is_optional_in_format_2(data):
+    without = relayout(data, 2, lambda f: f.pop("integer.tflite"))
+    assert PolicyBundle.from_bytes(without).tflite_integer is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(format_version=1), "format version 1: missing \\['int8.tflite'\\]"),
+        (lambda m: m.update(format_version=3), "unknown bundle format version 3"),
+        (lambda m: m.update(format_version=True), "unknown bundle format version True"),
+    ],
+)
+def test_a_layout_that_is_not_its_format_versions_is_rejected(data, edit, message):
+    with pytest.raises(BundleError, match=message):
+        PolicyBundle.from_bytes(rezip(data, manifest_edit=edit))
+
+
+def test_a_broken_integer_model_is_rejected_by_name(data):
+    bad = rezip(
+        data, payload_edit=lambda f: f.update({"integer.tflite": f["integer.tflite"][:4096]})
+    )
+    with pytest.raises(BundleError, match="integer.tflite failed its test step"):
+        PolicyBundle.from_bytes(bad)

@@ -79,9 +79,10 @@ def test_backend_matches_keras_on_every_output(net, made, backend):
     assert worst <= 1e-4
 
 
-def test_int8_agrees_on_the_argmax_of_a_sharpened_model():
+@pytest.mark.parametrize("backend", ["litert_dynamic", "litert_int8"])
+def test_int8_agrees_on_the_argmax_of_a_sharpened_model(backend):
     b = PolicyBundle.from_bytes(make_fixtures.read("b"))  # sharpened: decides like a trained one
-    f32, i8 = StepPolicy(b, backend="litert_float"), StepPolicy(b, backend="litert_int8")
+    f32, i8 = StepPolicy(b, backend="litert_float"), StepPolicy(b, backend=backend)
     agree, actions_taken = 0, []
     obs = observations(300, seed=5)
     prev = NO_ACTION
@@ -162,7 +163,7 @@ def test_litert_runtime_never_imports_tensorflow(bundle, tmp_path):
         from malpi.policy.bundle import PolicyBundle
         from malpi.policy.runtime import StepPolicy
         b = PolicyBundle.load({str(path)!r})
-        for backend in ("litert_float", "litert_int8"):
+        for backend in ("litert_float", "litert_dynamic", "litert_int8"):
             p = StepPolicy(b, backend=backend)
             r = p.step(np.zeros({SPEC.observation_shape}, np.uint8), -1)
         bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]

@@ -85,8 +85,8 @@ def test_the_bundle_loads_in_the_step_runtime_with_parity(trained, episodes, tmp
     expected = np.exp(expected - expected.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     assert np.abs(np.stack(probs) - expected).max() < 1e-4
-    int8 = StepPolicy(loaded, backend="litert_int8")
-    assert 0 <= int8.step(frames[0], NO_ACTION).action < 5
+    dynamic = StepPolicy(loaded, backend="litert_dynamic")
+    assert 0 <= dynamic.step(frames[0], NO_ACTION).action < 5
 
 
 def test_training_writes_history_checkpoints_and_tensorboard_logs(trained):

@@ -63,7 +63,13 @@ def test_demos_bc_and_eval_from_the_command_line(tmp_path, capsys):
     assert completed == ["completed", str(report["completed_tracks"]), "of", "1", "tracks"]
     for key in ("tracks", "laps_mean", "offtrack_episodes", "next_action_accuracy"):
         assert key in report
-    assert report["backend"] == "litert_int8" and report["car"] == "differential"
+    # train bc made an integer model (calibrated on simulated drives and the episodes), kept
+    # only if it agrees with float on held-out frames; eval runs it then, as the daemon would.
+    integer = bundle.manifest["provenance"]["integer"]
+    assert integer["steps"] > 0 and integer["calibration"]["recorded_episodes"] == 3
+    assert (bundle.tflite_integer is not None) == integer["kept"]
+    assert report["backend"] == ("litert_int8" if integer["kept"] else "litert_dynamic")
+    assert report["car"] == "differential"
     assert report["tracks"] == 1
     assert [t["track"] for t in report["per_track"]] == [1000]
     assert 0 <= report["next_action_accuracy"] <= 1 and report["held_out_steps"] > 0

@@ -26,7 +26,9 @@ def test_the_shipped_default_policy_loads_and_drives_an_eval_track_without_leavi
         expected_image=(config.camera.height, config.camera.width),
     )
     assert bundle.manifest["provenance"]["car"] == config.sim.car
-    policy = StepPolicy(bundle, backend=config.policy.backend)  # litert_int8, as the daemon
+    assert bundle.manifest["provenance"]["integer"]["argmax_agreement"] >= 0.99
+    policy = StepPolicy(bundle, backend=config.policy.backend)  # auto: the integer model
+    assert policy.backend_name == "litert_int8"
     drive = drive_track(policy, 1000, laps=1, car=config.sim.car)
     assert drive.laps >= 1 and not drive.left_track
     assert drive.mean_cte < 0.5 * drive.half_width

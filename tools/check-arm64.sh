@@ -308,7 +308,7 @@ def run(frames_file, out):
     from malpi.policy.runtime import StepPolicy
 
     data, b, result = np.load(frames_file), bundle(), {}
-    for backend in ("litert_float", "litert_int8"):
+    for backend in ("litert_float", "litert_dynamic", "litert_int8"):
         policy = StepPolicy(b, backend=backend)
         probs, values = [], []
         for o, p, s in zip(data["obs"], data["prev"], data["start"], strict=True):
@@ -328,8 +328,12 @@ def diff(x86_file, arm_file, frames_x86, frames_arm):
     x, a = np.load(x86_file), np.load(arm_file)
     ok = True
     # Float: the same graph on two CPUs' float kernels; rounding differs, answers must not.
-    # Int8: integer kernels should agree to a quantisation step; a near-tie may flip.
-    limits = {"litert_float": (1e-4, 1.0), "litert_int8": (2e-2, 0.98)}
+    # Quantised: kernels should agree to a quantisation step; a near-tie may flip.
+    limits = {
+        "litert_float": (1e-4, 1.0),
+        "litert_dynamic": (2e-2, 0.98),
+        "litert_int8": (2e-2, 0.98),
+    }
     for backend, (max_diff, min_agree) in limits.items():
         d = float(np.abs(x[backend] - a[backend]).max())
         agree = float((x[backend].argmax(1) == a[backend].argmax(1)).mean())
@@ -340,8 +344,9 @@ def diff(x86_file, arm_file, frames_x86, frames_arm):
               f"({len(x[backend])} frames) max|dvalue| {dv:.2e} "
               f"{'ok' if good else 'FAIL'} (limits {max_diff:g}, {min_agree:.0%})")
     for name, r in (("x86", x), ("arm64", a)):
-        agree = float((r["litert_float"].argmax(1) == r["litert_int8"].argmax(1)).mean())
-        print(f"{name} int8 vs float argmax agreement {agree:.1%}")
+        for backend in ("litert_dynamic", "litert_int8"):
+            agree = float((r["litert_float"].argmax(1) == r[backend].argmax(1)).mean())
+            print(f"{name} {backend} vs float argmax agreement {agree:.1%}")
     fx, fa = np.load(frames_x86)["obs"], np.load(frames_arm)["obs"]
     px = np.abs(fx.astype(np.int16) - fa.astype(np.int16))
     print(f"simulator frames arm64 vs x86: max pixel diff {int(px.max())}, "

@@ -6,8 +6,12 @@ A bundle is a zip archive holding
   action table, the policy's version and id, creation time, provenance, and the
   SHA-256 and size of each payload;
 - ``weights.npz``: the Keras weights, by name, in the spec's canonical order;
-- ``float.tflite`` and ``int8.tflite``: the step model for LiteRT, float and
-  with dynamic-range int8 weights.
+- ``float.tflite``: the step model for LiteRT in float32;
+- ``dynamic_range.tflite``: the same with int8 weights and float activations
+  (dynamic-range quantisation; format 1 called it ``int8.tflite``);
+- ``integer.tflite`` (optional): int8 weights *and* activations, calibrated on
+  representative frames, for the integer kernels a Pi runs fastest (see
+  :mod:`malpi.policy.quantize` for which ops stay in float and why).
 
 Loading validates all of it (structure, manifest schema, checksums, shapes
 against the spec, finite weights, and a test step of each LiteRT model) before
@@ -45,12 +49,19 @@ from malpi.policy.spec import PolicySpec, SpecError
 log = logging.getLogger(__name__)
 
 FORMAT = "malpi-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 FLOAT_MODEL = "float.tflite"
-INT8_MODEL = "int8.tflite"
-PAYLOADS = (WEIGHTS, FLOAT_MODEL, INT8_MODEL)
+DYNAMIC_MODEL = "dynamic_range.tflite"
+INTEGER_MODEL = "integer.tflite"
+V1_DYNAMIC_MODEL = "int8.tflite"  # format 1's name for the dynamic-range model
+# The payloads each format version holds: (required, optional).
+PAYLOADS = {
+    1: ((WEIGHTS, FLOAT_MODEL, V1_DYNAMIC_MODEL), ()),
+    2: ((WEIGHTS, FLOAT_MODEL, DYNAMIC_MODEL), (INTEGER_MODEL,)),
+}
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024  # spec, action table, provenance: a few KB in practice
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # each of weights.npz and the two models, inflated
@@ -85,7 +96,8 @@ class PolicyBundle:
     actions: ActionTable
     weights: dict[str, np.ndarray]
     tflite_float: bytes
-    tflite_int8: bytes
+    tflite_dynamic: bytes
+    tflite_integer: bytes | None
     _payload_bytes: dict[str, bytes] = field(default_factory=dict, repr=False)
     _file: bytes | None = field(
         default=None, repr=False
@@ -122,8 +134,9 @@ class PolicyBundle:
         actions: ActionTable,
         weights: dict[str, np.ndarray],
         tflite_float: bytes,
-        tflite_int8: bytes,
+        tflite_dynamic: bytes,
         provenance: dict[str, Any],
+        tflite_integer: bytes | None = None,
         version: int = 1,
         parent: str | None = None,
         control_hz: float | None = None,
@@ -133,7 +146,13 @@ class PolicyBundle:
         weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         buf = io.BytesIO()
         np.savez(buf, **weights)
-        payloads = {WEIGHTS: buf.getvalue(), FLOAT_MODEL: tflite_float, INT8_MODEL: tflite_int8}
+        payloads = {
+            WEIGHTS: buf.getvalue(),
+            FLOAT_MODEL: tflite_float,
+            DYNAMIC_MODEL: tflite_dynamic,
+        }
+        if tflite_integer is not None:
+            payloads[INTEGER_MODEL] = tflite_integer
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -150,7 +169,36 @@ class PolicyBundle:
                 for name, data in payloads.items()
             },
         }
-        return cls(manifest, spec, actions, weights, tflite_float, tflite_int8, payloads)
+        return cls(
+            manifest, spec, actions, weights, tflite_float, tflite_dynamic, tflite_integer, payloads
+        )
+
+    def with_integer_model(
+        self, tflite_integer: bytes | None, report: dict[str, Any]
+    ) -> PolicyBundle:
+        """The same policy (same id and version) with this integer model (None: without one),
+        and ``report`` (how it was calibrated, how well it agrees) as provenance ``integer``."""
+        m = self.manifest
+        return PolicyBundle.create(
+            self.spec,
+            self.actions,
+            self.weights,
+            self.tflite_float,
+            self.tflite_dynamic,
+            {**m["provenance"], "integer": report},
+            tflite_integer=tflite_integer,
+            version=m["version"],
+            parent=m["parent"],
+            control_hz=m.get("control_hz"),
+        )
+
+    @property
+    def models(self) -> dict[str, bytes]:
+        """The LiteRT step models it carries, by the backend that runs each."""
+        models = {"litert_float": self.tflite_float, "litert_dynamic": self.tflite_dynamic}
+        if self.tflite_integer is not None:
+            models["litert_int8"] = self.tflite_integer
+        return models
 
     def to_bytes(self) -> bytes:
         """The bundle file (the same bytes every time: a bundle has one identity)."""
@@ -158,7 +206,7 @@ class PolicyBundle:
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 zf.writestr(MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
-                for name in PAYLOADS:
+                for name in sorted(self.manifest["payloads"]):
                     zf.writestr(name, self._payload_bytes[name])
             self._file = buf.getvalue()
         return self._file
@@ -199,6 +247,8 @@ class PolicyBundle:
             )
         files = _read_zip(data)
         manifest = _parse_manifest(files[MANIFEST])
+        version = manifest["format_version"]
+        _check_members(files, version)
         try:
             spec = PolicySpec.from_dict(manifest["spec"])
         except (SpecError, TypeError) as exc:
@@ -237,13 +287,15 @@ class PolicyBundle:
                 f"runs at {expected_control_hz:g} Hz (loop.rate_hz; set "
                 "policy.allow_rate_mismatch = true to drive it anyway)"
             )
+        dynamic = files[V1_DYNAMIC_MODEL if version == 1 else DYNAMIC_MODEL]
+        integer = files.get(INTEGER_MODEL)
         bundle = cls(
-            manifest, spec, actions, weights, files[FLOAT_MODEL], files[INT8_MODEL], files, data
+            manifest, spec, actions, weights, files[FLOAT_MODEL], dynamic, integer, files, data
         )
         if check_models:
             from malpi.policy.litert import MissingRuntime, check_model
 
-            for name in (FLOAT_MODEL, INT8_MODEL):
+            for name in sorted(files.keys() - {MANIFEST, WEIGHTS}):
                 try:
                     check_model(files[name], spec)
                 except MissingRuntime:
@@ -279,14 +331,15 @@ def _read_zip(data: bytes) -> dict[str, bytes]:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
-            expected = {MANIFEST, *PAYLOADS}
-            if set(names) != expected or len(names) != len(expected):
-                missing, extra = sorted(expected - set(names)), sorted(set(names) - expected)
-                dupes = sorted({n for n in names if names.count(n) > 1})
-                raise BundleError(
-                    f"bundle contents are wrong: missing {missing}, unexpected {extra}"
-                    + (f", duplicated {dupes}" if dupes else "")
-                )
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise BundleError(f"bundle contents are wrong: duplicated {dupes}")
+            if MANIFEST not in names:
+                raise BundleError(f"bundle contents are wrong: missing ['{MANIFEST}']")
+            known = {MANIFEST}.union(*(set(r) | set(o) for r, o in PAYLOADS.values()))
+            extra = sorted(set(names) - known)
+            if extra:
+                raise BundleError(f"bundle contents are wrong: unexpected {extra}")
             _check_sizes(infos)
             # Inflating a member yields at most its stated size (zipfile stops there and
             # checks the CRC), so the checks above bound the memory this takes.
@@ -335,9 +388,10 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise BundleError(f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")
     fv = manifest.get("format_version")
-    if fv != FORMAT_VERSION:
+    if isinstance(fv, bool) or fv not in READABLE_VERSIONS:
         raise BundleError(
-            f"unknown bundle format version {fv!r}; this malpi reads version {FORMAT_VERSION}"
+            f"unknown bundle format version {fv!r}; this malpi reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     for key, types in _MANIFEST_FIELDS.items():
         if key not in manifest:
@@ -358,10 +412,24 @@ def _parse_manifest(raw: bytes) -> dict[str, Any]:
     return manifest
 
 
+def _check_members(files: dict[str, bytes], version: int) -> None:
+    """The archive holds exactly its format version's payloads (an optional one may be absent)."""
+    required, optional = PAYLOADS[version]
+    names = set(files) - {MANIFEST}
+    missing = sorted(set(required) - names)
+    extra = sorted(names - set(required) - set(optional))
+    if missing or extra:
+        raise BundleError(
+            f"bundle contents are wrong for format version {version}: "
+            f"missing {missing}, unexpected {extra}"
+        )
+
+
 def _check_payloads(entries: dict[str, Any], files: dict[str, bytes]) -> None:
-    if set(entries) != set(PAYLOADS):
-        raise BundleError(f"manifest payloads list {sorted(entries)}, expected {sorted(PAYLOADS)}")
-    for name in PAYLOADS:
+    present = sorted(set(files) - {MANIFEST})
+    if sorted(entries) != present:
+        raise BundleError(f"manifest payloads list {sorted(entries)}, the archive holds {present}")
+    for name in present:
         entry = entries[name]
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"manifest payload entry for {name} lacks a sha256")

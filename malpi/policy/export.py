@@ -1,4 +1,5 @@
-"""Turn a Keras policy into a bundle: LiteRT float and int8 step models, after a parity check.
+"""Turn a Keras policy into a bundle: LiteRT float and dynamic-range step models, after a
+parity check (the integer model, which needs calibration frames: :mod:`malpi.policy.quantize`).
 
 TensorFlow is imported where a model is converted, not with this module, so that
 ``random_observation`` works on the robot install too (its tests use it)."""
@@ -24,7 +25,8 @@ FLOAT_PARITY_TOL = 1e-4
 
 
 def to_tflite(net: PolicyNetwork, int8: bool) -> bytes:
-    """Convert the step model to LiteRT. ``int8``: dynamic-range quantised weights.
+    """Convert the step model to LiteRT. ``int8``: dynamic-range quantised weights (float
+    activations; the integer model is :func:`malpi.policy.quantize.integer_model`).
 
     ``from_keras_model`` on the explicit-state step model converts to builtin ops
     only (no Flex delegate needed, which the robot's LiteRT does not have).
@@ -61,7 +63,7 @@ def make_bundle(
         actions=actions,
         weights=net.named_weights(),
         tflite_float=to_tflite(net, int8=False),
-        tflite_int8=to_tflite(net, int8=True),
+        tflite_dynamic=to_tflite(net, int8=True),
         provenance=provenance or {},
         version=version,
         parent=parent,

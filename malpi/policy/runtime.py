@@ -1,8 +1,14 @@
 """The step policy the robot runs: one frame in, an action out, the LSTM state kept in numpy.
 
-Backends: ``litert_float`` and ``litert_int8`` (LiteRT, no TensorFlow import)
-and ``tf`` (the Keras step model under ``tf.function``, for the desktop). None
-of them calls ``predict()`` per step. An episode reset is ``reset()``: h and c
+Backends, each named for what it runs:
+
+- ``litert_int8``: LiteRT, the bundle's integer model (int8 weights and activations);
+- ``litert_dynamic``: LiteRT, dynamic-range quantised (int8 weights, float activations);
+- ``litert_float``: LiteRT, float32;
+- ``auto``: ``litert_int8`` when the bundle carries an integer model, else ``litert_dynamic``;
+- ``tf``: the Keras step model under ``tf.function`` (imports TensorFlow; the desktop's).
+
+None of them calls ``predict()`` per step. An episode reset is ``reset()``: h and c
 set to zero and the previous action to "none".
 """
 
@@ -22,7 +28,29 @@ from malpi.policy.spec import PolicySpec
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("litert_float", "litert_int8", "tf")
+BACKENDS = ("auto", "litert_int8", "litert_dynamic", "litert_float", "tf")
+LITERT_BACKENDS = ("litert_int8", "litert_dynamic", "litert_float")
+BACKEND_NAMES = {
+    "litert_int8": "LiteRT int8 (integer)",
+    "litert_dynamic": "LiteRT dynamic-range int8",
+    "litert_float": "LiteRT float",
+    "tf": "TensorFlow",
+}
+
+
+def resolve_backend(bundle: PolicyBundle, backend: str) -> str:
+    """The backend that runs ``bundle``: ``auto`` resolved; an error if the bundle lacks its model."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "litert_int8" if bundle.tflite_integer is not None else "litert_dynamic"
+    if backend == "litert_int8" and bundle.tflite_integer is None:
+        raise ValueError(
+            f"policy {bundle.label} has no integer model (made before MaLPi made them, or without "
+            "calibration frames): add one with `malpi train quantize`, or set "
+            'policy.backend = "auto" to run its dynamic-range model'
+        )
+    return backend
 
 
 class PolicyOutputError(RuntimeError):
@@ -80,11 +108,9 @@ class TFStep:
 
 
 def make_backend(bundle: PolicyBundle, backend: str, num_threads: int = 1) -> StepBackend:
-    if backend == "tf":
+    if resolve_backend(bundle, backend) == "tf":
         return TFStep(bundle)
-    if backend in BACKENDS:
-        return LiteRTStep(make_backend_model(bundle, backend), bundle.spec, num_threads)
-    raise ValueError(f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return LiteRTStep(make_backend_model(bundle, backend), bundle.spec, num_threads)
 
 
 class StepPolicy:
@@ -97,12 +123,13 @@ class StepPolicy:
     def __init__(
         self,
         bundle: PolicyBundle,
-        backend: str = "litert_int8",
+        backend: str = "auto",
         sample: bool = False,
         seed: int | None = None,
         num_threads: int = 1,
     ):
         self.bundle: PolicyBundle | None = bundle
+        backend = resolve_backend(bundle, backend)
         self._setup(bundle.spec, make_backend(bundle, backend, num_threads), backend, sample, seed)
         self.version = bundle.label
         self.sha256 = bundle.sha256
@@ -114,7 +141,7 @@ class StepPolicy:
         spec: PolicySpec,
         version: str,
         sha256: str,
-        backend: str = "litert_int8",
+        backend: str = "litert_dynamic",
         sample: bool = False,
         seed: int | None = None,
         num_threads: int = 1,
@@ -123,18 +150,20 @@ class StepPolicy:
 
         This is how the robot's control process builds one: the model file is mapped, not
         read into Python, so building it costs the control loop little. For ``tf`` the file
-        is the bundle itself.
+        is the bundle itself. ``backend`` is the resolved one (:func:`resolve_backend`): it
+        names what the file holds.
         """
         self = cls.__new__(cls)
         if backend == "tf":
             self.bundle = PolicyBundle.load(path, check_models=False)
             impl: StepBackend = TFStep(self.bundle)
-        elif backend in BACKENDS:
+        elif backend in LITERT_BACKENDS:
             self.bundle = None
             impl = LiteRTStep(None, spec, num_threads, path=str(path))
         else:
             raise ValueError(
-                f"unknown policy backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+                f"{backend!r} does not name a model file's kind; one of "
+                f"{', '.join(LITERT_BACKENDS)} or tf"
             )
         self._setup(spec, impl, backend, sample, seed)
         self.version, self.sha256 = version, sha256
@@ -193,7 +222,7 @@ def write_runtime_model(bundle: PolicyBundle, backend: str, directory: Path) -> 
 
     from malpi.policy.bundle import write_atomic
 
-    if backend == "tf":
+    if resolve_backend(bundle, backend) == "tf":
         data, suffix = bundle.to_bytes(), ".malpi"
     else:
         data, suffix = make_backend_model(bundle, backend), ".tflite"
@@ -205,8 +234,7 @@ def write_runtime_model(bundle: PolicyBundle, backend: str, directory: Path) -> 
 
 def make_backend_model(bundle: PolicyBundle, backend: str) -> bytes:
     """The LiteRT model a backend runs."""
-    if backend == "litert_float":
-        return bundle.tflite_float
-    if backend == "litert_int8":
-        return bundle.tflite_int8
-    raise ValueError(f"{backend!r} is not a LiteRT backend")
+    backend = resolve_backend(bundle, backend)
+    if backend not in LITERT_BACKENDS:
+        raise ValueError(f"{backend!r} is not a LiteRT backend")
+    return bundle.models[backend]

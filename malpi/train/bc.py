@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -617,9 +618,12 @@ def export_bundle(
     version: int = 1,
     parent: str | None = None,
     control_hz: float | None = None,
+    integer_car: str | None = None,
+    recordings: Sequence[str] = (),
 ) -> PolicyBundle:
-    """A bundle of these weights (float and int8 LiteRT, parity-checked), saved to ``out``;
-    ``control_hz``: the rate the training data ran at."""
+    """A bundle of these weights (LiteRT float and dynamic-range, parity-checked), saved to
+    ``out``; ``control_hz``: the rate the training data ran at. ``integer_car``: also an
+    integer model, calibrated on that simulated car's frames and on ``recordings``."""
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
 
@@ -628,6 +632,10 @@ def export_bundle(
     bundle = make_bundle(
         net, actions, provenance or {}, version=version, parent=parent, control_hz=control_hz
     )
+    if integer_car:
+        from malpi.train.quantize import quantize
+
+        bundle, _ = quantize(bundle, integer_car, recordings)
     bundle.save(out)
     log.info("bundle %s -> %s (%d bytes)", bundle.label, out, Path(out).stat().st_size)
     return bundle

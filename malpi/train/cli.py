@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # The same as malpi.policy.runtime.BACKENDS, train.data.STATE_MODES and train.distribute.STRATEGIES:
 # spelled out here because registering a command must not import those (TensorFlow).
-BACKENDS = ("litert_int8", "litert_float", "tf")
+BACKENDS = ("auto", "litert_int8", "litert_dynamic", "litert_float", "tf")
 STATE_MODES = ("burnin", "tbptt", "zero")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 CARS = ("differential", "steering")
@@ -171,8 +171,9 @@ def register(commands, bench) -> None:
     e.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="litert_int8",
-        help="how to run the policy (litert_int8 is the daemon's)",
+        default="auto",
+        help="how to run the policy (default auto, the daemon's: litert_int8 when the bundle "
+        "has an integer model, else litert_dynamic)",
     )
     e.add_argument(
         "--tracks",
@@ -201,6 +202,32 @@ def register(commands, bench) -> None:
     )
     e.add_argument("--seed", type=int, default=0, help="car noise seed")
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser(
+        "quantize",
+        help="add an integer model (int8 weights and activations) to a bundle, calibrated on "
+        "simulated drives and recordings, if it agrees with float on held-out frames",
+    )
+    q.add_argument("bundle", help="the policy bundle (.malpi)")
+    q.add_argument("--out", help="bundle to write (default: none, only measure)")
+    q.add_argument(
+        "--data", nargs="*", default=[], help="the car's recordings (.sqlite) to calibrate on too"
+    )
+    q.add_argument(
+        "--car", choices=CARS, default=None, help="the simulated car (default: the bundle's)"
+    )
+    q.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="argmax agreement with float on held-out frames below which it is not kept",
+    )
+    q.add_argument(
+        "--all-integer",
+        action="store_true",
+        help="measure an all-integer model (the LSTM cell in int8 too); never written",
+    )
+    q.set_defaults(func=cmd_quantize)
 
 
 def _sim_args(p: argparse.ArgumentParser) -> None:
@@ -264,6 +291,12 @@ def _train_args(
     )
     p.add_argument("--patience", type=int, default=3, help="early stopping (0 = off)")
     p.add_argument("--no-augment", action="store_true", help="no image augmentation")
+    p.add_argument(
+        "--no-integer",
+        action="store_true",
+        help="no integer model in the bundle (it costs a minute of simulated drives and "
+        "calibration; without it the robot runs the dynamic-range model)",
+    )
     p.add_argument(
         "--spec", help="JSON/TOML file with policy spec fields (default: the default spec)"
     )
@@ -401,6 +434,8 @@ def cmd_bc(args: argparse.Namespace) -> int:
         version=parent.version + 1 if parent else 1,
         parent=parent.id if parent else None,
         control_hz=data_control_hz(episodes),
+        integer_car=None if args.no_integer else "differential",
+        recordings=args.data,
     )
     print(f"wrote {args.out} ({bundle.label})")
     return 0
@@ -453,6 +488,8 @@ def cmd_dagger(args: argparse.Namespace) -> int:
         version=parent.version + 1 if parent else 1,
         parent=parent.id if parent else None,
         control_hz=1.0 / config.sim.dt,
+        integer_car=None if args.no_integer else config.sim.car,
+        recordings=args.data,
     )
     print(f"wrote {args.out} ({bundle.label})")
     return 0
@@ -545,6 +582,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print("\n".join(eval_summary(report)))
     if args.json:
         print(f"\nthe whole report: {args.json}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from malpi.policy.bundle import PolicyBundle
+    from malpi.train.evaluate import DEFAULT_CAR
+    from malpi.train.quantize import quantize
+
+    bundle = PolicyBundle.load(args.bundle)
+    car = args.car or bundle.manifest["provenance"].get("car") or DEFAULT_CAR
+    new, report = quantize(bundle, car, args.data, args.all_integer, args.min_agreement)
+    what = "all-integer model" if args.all_integer else "integer model"
+    print(
+        f"{what}: argmax agrees with float on {100 * report['argmax_agreement']:.2f} % of "
+        f"{report['steps']:,} held-out steps (largest probability difference "
+        f"{report['max_prob_diff']:.3f})"
+    )
+    if args.all_integer:
+        return 0
+    print(f"dynamic-range model: {100 * report['dynamic_range_agreement']:.2f} % of the same steps")
+    if not report["kept"]:
+        print(f"not kept: under the {100 * args.min_agreement:.0f} % required; nothing written")
+        return 1
+    if args.out:
+        new.save(args.out)
+        size = len(new.tflite_integer or b"")
+        print(f"wrote {args.out} ({new.label}, integer model {size:,} bytes)")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Is the new policy better? Measured through the runtime the robot uses, before it goes near one.
 
 Two measures, both through :class:`~malpi.policy.runtime.StepPolicy` (LiteRT
-int8 by default, the daemon's backend), one frame at a time with the LSTM
+the daemon's backend by default), one frame at a time with the LSTM
 state carried, exactly as the daemon runs it:
 
 - **as a predictor** (offline): on held-out episodes, fed the frames and the
@@ -126,7 +126,7 @@ def drive_track(
 def closed_loop(
     bundle: PolicyBundle,
     seeds: Iterable[int] | None = None,
-    backend: str = "litert_int8",
+    backend: str = "auto",
     laps: int = 3,
     max_steps: int = 3000,
     car: str = DEFAULT_CAR,
@@ -134,8 +134,10 @@ def closed_loop(
     seed: int = 0,
 ) -> list[DriveResult]:
     """Drive every track in ``seeds`` (default: the standard evaluation set)."""
-    from malpi.policy.runtime import StepPolicy
+    from malpi.policy.runtime import StepPolicy, resolve_backend
     from malpi.sim.track import STANDARD_EVAL_SEEDS
+
+    backend = resolve_backend(bundle, backend)  # the report names what ran
 
     policy = StepPolicy(bundle, backend=backend)
     results = []
@@ -213,7 +215,7 @@ def held_out_from_episodes(episodes: Sequence[Any]) -> list[HeldOut]:
 
 
 def next_action_metrics(
-    bundle: PolicyBundle, episodes: Sequence[HeldOut], backend: str = "litert_int8"
+    bundle: PolicyBundle, episodes: Sequence[HeldOut], backend: str = "auto"
 ) -> dict[str, Any]:
     """Next-action accuracy, log-likelihood per step and the confusion matrix (weighted by step)."""
     from malpi.policy.runtime import StepPolicy
@@ -246,7 +248,7 @@ def next_action_metrics(
 
 def evaluate_bundle(
     bundle: PolicyBundle,
-    backend: str = "litert_int8",
+    backend: str = "auto",
     seeds: Iterable[int] | None = None,
     laps: int = 3,
     max_steps: int = 3000,

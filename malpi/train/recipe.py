@@ -70,7 +70,7 @@ class Recipe:
     dagger_beta: float = 0.3
     dagger_train: Any = field(default_factory=_dagger_train_config)
     val_fraction: float = 0.1
-    eval_backends: tuple[str, ...] = ("litert_int8", "litert_float")
+    eval_backends: tuple[str, ...] = ("litert_int8", "litert_dynamic", "litert_float")
     picture_track: int = 1004
     seed: int = 0
 
@@ -194,7 +194,13 @@ def run_recipe(
     bundle = stages.run(
         "export",
         lambda: export_bundle(
-            load_weights(final), spec, actions, out, provenance, control_hz=1.0 / sim.dt
+            load_weights(final),
+            spec,
+            actions,
+            out,
+            provenance,
+            control_hz=1.0 / sim.dt,
+            integer_car=recipe.car,
         ),
     )
 
@@ -225,13 +231,16 @@ def _evaluate(bundle: Any, recipe: Recipe, workdir: Path, picture: Any) -> dict[
     held_out = expert_drives(bundle, car=recipe.car, seed=recipe.seed)
     out = {}
     for backend in recipe.eval_backends:
+        if backend not in bundle.models and backend != "tf":
+            log.warning("no %s evaluation: the bundle has no model for it", backend)
+            continue
         report, drives = evaluate_bundle(
             bundle, backend=backend, car=recipe.car, held_out=held_out, seed=recipe.seed
         )
         (workdir / f"eval-{backend}.json").write_text(json.dumps(report, indent=1))
         write_evaluation_pictures(workdir / f"eval-{backend}", report, drives)
         out[backend] = {k: v for k, v in report.items() if k not in ("confusion",)}
-        if picture and backend == recipe.eval_backends[0]:
+        if picture and backend == next(iter(out)):
             drive = next((d for d in drives if d.track_seed == recipe.picture_track), drives[0])
             save_png(picture, trajectory_picture(drive, report["laps_target"], max_px=360))
     return out

@@ -32,7 +32,7 @@ from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.drivetrain.factory import drivetrain_from_config
 from malpi.policy.bundle import PolicyBundle
-from malpi.policy.runtime import StepPolicy, write_runtime_model
+from malpi.policy.runtime import BACKEND_NAMES, StepPolicy, resolve_backend, write_runtime_model
 from malpi.policy.store import (
     SHIPPED_SOURCE,
     BootPolicy,
@@ -247,7 +247,6 @@ def build_robot(
         loop.policy_file = boot.file
         loop.boot_policy = boot
         loop.loader = PolicyLoader(
-            config.policy.backend,
             config.policy.sample,
             config.policy.num_threads,
             loop.period_ended,
@@ -282,30 +281,27 @@ def boot_policy(config: Config, models: Path) -> tuple[StepPolicy | None, BootPo
         log.warning("policy: none: %s; auto mode will not drive", source)
         return None, BootPolicy(None, None, source, file)
     c = config.policy
-    model = write_runtime_model(bundle, c.backend, models)
+    backend = resolve_backend(bundle, c.backend)
+    model = write_runtime_model(bundle, backend, models)
     policy = StepPolicy.from_model_file(
         model,
         bundle.spec,
         bundle.label,
         bundle.sha256,
-        backend=c.backend,
+        backend=backend,
         sample=c.sample,
         num_threads=c.num_threads,
     )
     # What runs and what the next boot runs, said once where everyone looks first; the link
     # changes the second only when asked (a keep, a rollback), and status says it from then on.
-    backend = BACKEND_NAMES.get(c.backend, c.backend)
     log.info(
         "policy: %s (%s, %s); boots: the same%s",
         bundle.label,
         source,
-        backend,
+        BACKEND_NAMES[backend],
         _unused_store(config),
     )
     return policy, BootPolicy(bundle.label, bundle.sha256, source, file)
-
-
-BACKEND_NAMES = {"litert_int8": "LiteRT int8", "litert_float": "LiteRT float", "tf": "TensorFlow"}
 
 
 def _unused_store(config: Config) -> str:

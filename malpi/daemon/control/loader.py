@@ -35,8 +35,7 @@ def _malloc_trim() -> None:
 
 
 class PolicyLoader:
-    def __init__(self, backend: str, sample: bool, num_threads: int, period_ended: threading.Event):
-        self.backend = backend
+    def __init__(self, sample: bool, num_threads: int, period_ended: threading.Event):
         self.sample = sample
         self.num_threads = num_threads
         self._period_ended = period_ended  # set by the loop as each period ends
@@ -91,7 +90,7 @@ class PolicyLoader:
                 spec,
                 args["version"],
                 args["sha256"],
-                backend=self.backend,
+                backend=args["backend"],
                 sample=self.sample,
                 num_threads=self.num_threads,
             )

@@ -391,6 +391,7 @@ class PolicyManager:
             "swap_policy",
             model=str(model),
             model_sha256=bundle.model_sha256,
+            backend=bundle.backend,
             spec=bundle.spec,
             version=bundle.label,
             sha256=bundle.sha256,

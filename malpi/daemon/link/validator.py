@@ -50,6 +50,7 @@ class Validated:
     spec: dict[str, Any]
     model: Path  # the runtime model, written into the models directory
     model_sha256: str
+    backend: str  # what the model is (policy.backend resolved for this bundle)
 
 
 class BundleValidator:
@@ -118,6 +119,7 @@ class BundleValidator:
             spec=result["spec"],
             model=Path(result["model"]),
             model_sha256=result["model_sha256"],
+            backend=result["backend"],
         )
 
 
@@ -127,7 +129,7 @@ def _validate(data: bytes, settings: dict[str, Any]) -> dict[str, Any]:
 
     from malpi.actions import ActionTable
     from malpi.policy.bundle import BundleError, PolicyBundle
-    from malpi.policy.runtime import write_runtime_model
+    from malpi.policy.runtime import resolve_backend, write_runtime_model
 
     try:
         bundle = PolicyBundle.from_bytes(
@@ -141,7 +143,11 @@ def _validate(data: bytes, settings: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # anything else untrusted bytes provoke
         return {"code": "rejected", "error": f"unreadable bundle: {exc!r}"}
     try:
-        model = write_runtime_model(bundle, settings["backend"], Path(settings["models"]))
+        backend = resolve_backend(bundle, settings["backend"])
+    except ValueError as exc:  # e.g. litert_int8 asked for, and the bundle has no integer model
+        return {"code": "rejected", "error": str(exc)}
+    try:
+        model = write_runtime_model(bundle, backend, Path(settings["models"]))
         with model.open("rb") as f:
             model_sha = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
@@ -152,6 +158,7 @@ def _validate(data: bytes, settings: dict[str, Any]) -> dict[str, Any]:
         "spec": bundle.spec.to_dict(),
         "model": str(model),
         "model_sha256": model_sha,
+        "backend": backend,
     }
 
 
