@@ -134,10 +134,8 @@ def closed_loop(
     seed: int = 0,
 ) -> list[DriveResult]:
     """Drive every track in ``seeds`` (default: the standard evaluation set)."""
-    from malpi.policy.runtime import StepPolicy, resolve_backend
+    from malpi.policy.runtime import StepPolicy
     from malpi.sim.track import STANDARD_EVAL_SEEDS
-
-    backend = resolve_backend(bundle, backend)  # the report names what ran
 
     policy = StepPolicy(bundle, backend=backend)
     results = []
@@ -258,7 +256,10 @@ def evaluate_bundle(
     seed: int = 0,
 ) -> tuple[dict[str, Any], list[DriveResult]]:
     """The report ``malpi eval`` prints (JSON-ready) and the drives behind it."""
+    from malpi.policy.runtime import resolve_backend
     from malpi.sim.track import STANDARD_EVAL_SEEDS
+
+    backend = resolve_backend(bundle, backend)  # the report names what ran
 
     seeds = list(STANDARD_EVAL_SEEDS if seeds is None else seeds)
     started = time.monotonic()
