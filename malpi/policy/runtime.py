@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "litert_int8", "litert_dynamic", "litert_float", "tf")
 LITERT_BACKENDS = ("litert_int8", "litert_dynamic", "litert_float")
 BACKEND_NAMES = {
-    "litert_int8": "LiteRT int8 (integer)",
+    "litert_int8": "LiteRT integer int8",
     "litert_dynamic": "LiteRT dynamic-range int8",
     "litert_float": "LiteRT float",
     "tf": "TensorFlow",
