@@ -9,8 +9,13 @@ target stops there; one that does not runs its whole budget.
 
 Methods: recurrent PPO on MaLPi's policy network (the target: all seeds within
 100,000 steps); the same with a feed-forward layer in place of the LSTM (the
-control: memory is needed); the DRQN; and sb3-contrib's RecurrentPPO with
-rl-zoo's CartPoleNoVel-v1 hyper-parameters, when sb3-contrib is installed.
+control: memory is needed); the DRQN; and, when sb3-contrib is installed, its
+RecurrentPPO configured exactly as rl-zoo publishes it for CartPoleNoVel-v1
+(``RL_ZOO_SOURCE``: its environment, hyper-parameters, VecNormalize of
+observations and rewards, evaluation with frozen statistics). MaLPi's PPO uses
+rl-zoo's settings with its own deviations (``ppo.CARTPOLE_CONFIG``: a fixed
+reward scale of 0.1 and fixed observation scaling instead of VecNormalize, one
+LSTM shared by actor and critic).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from malpi.rl import tasks
@@ -138,8 +144,80 @@ def sb3_available() -> bool:
     return True
 
 
+# rl-zoo's RecurrentPPO entry for CartPoleNoVel-v1, as published: rl-baselines3-zoo
+# (github.com/DLR-RM/rl-baselines3-zoo) at commit 22e3ff2450fd92033f7f032915e1f64894a09584,
+# hyperparams/ppo_lstm.yml (entry unchanged since it was added in 139477b), applied as
+# rl_zoo3/exp_manager.py applies it:
+# - ``normalize: True`` -> ``VecNormalize(env, gamma=<the algorithm's gamma>)`` with its defaults
+#   otherwise (norm_obs and norm_reward True, clip_obs 10, clip_reward 10, epsilon 1e-8):
+#   ``_preprocess_normalization`` copies ``gamma`` into the VecNormalize kwargs;
+# - ``lin_X`` -> ``SimpleLinearSchedule(X)``: ``progress_remaining * X`` (``_preprocess_schedules``);
+# - the evaluation env is a VecNormalize with ``norm_reward=False, training=False`` whose
+#   statistics the EvalCallback copies from the training env before each evaluation
+#   (``_maybe_normalize``; sb3's ``sync_envs_normalization``);
+# - the environment: CartPoleNoVel-v1 is ``gym.make("CartPole-v1")`` (500-step limit) wrapped in
+#   ``MaskVelocityWrapper`` (rl_zoo3/import_envs.py, rl_zoo3/wrappers.py), which multiplies the
+#   observation by [1, 0, 1, 0]: the velocities are zeroed, not removed, and nothing is scaled.
+RL_ZOO_SOURCE = (
+    "rl-baselines3-zoo 22e3ff2450fd92033f7f032915e1f64894a09584, hyperparams/ppo_lstm.yml "
+    "CartPoleNoVel-v1, normalisation and evaluation as in rl_zoo3/exp_manager.py"
+)
+RL_ZOO_CARTPOLE_NOVEL: dict[str, Any] = {  # the entry's values, as published
+    "normalize": True,
+    "n_envs": 8,
+    "n_timesteps": 100_000,
+    "policy": "MlpLstmPolicy",
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": "lin_0.001",
+    "clip_range": "lin_0.2",
+    "policy_kwargs": "dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, "
+    "enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64]))",
+}
+
+
+class SimpleLinearSchedule:
+    """rl-zoo's ``lin_X``: ``progress_remaining * X`` (1 at the start of training, 0 at the end)."""
+
+    def __init__(self, initial_value: float | str):
+        self.initial_value = float(initial_value)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.initial_value
+
+    def __repr__(self) -> str:
+        return f"SimpleLinearSchedule(initial_value={self.initial_value})"
+
+
+def _schedule(text: str) -> SimpleLinearSchedule:
+    kind, initial = text.split("_")
+    assert kind == "lin", text
+    return SimpleLinearSchedule(initial)
+
+
+class MaskVelocity(gym.ObservationWrapper):
+    """rl-zoo's ``MaskVelocityWrapper`` on CartPole-v1: the observation times [1, 0, 1, 0]."""
+
+    MASK = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation * self.MASK
+
+
+def rlzoo_cartpole_novel() -> gym.Env:
+    """rl-zoo's CartPoleNoVel-v1: CartPole-v1 (500 steps), velocities zeroed, nothing scaled."""
+    return MaskVelocity(gym.make("CartPole-v1"))
+
+
 class SB3Policy:
-    """sb3-contrib's RecurrentPPO as a :class:`BatchPolicy` (normalised observations, deterministic)."""
+    """sb3-contrib's RecurrentPPO as a :class:`BatchPolicy` (normalised observations, deterministic).
+
+    ``normalizer`` is the evaluation VecNormalize (frozen statistics, rewards not normalised).
+    """
 
     def __init__(self, model, normalizer):
         self.model, self.normalizer = model, normalizer
@@ -158,39 +236,44 @@ class SB3Policy:
         return actions
 
 
-def run_sb3(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = True) -> Run:
-    """RecurrentPPO with rl-zoo's ppo_lstm CartPoleNoVel-v1 hyper-parameters."""
+def make_sb3(seed: int):
+    """RecurrentPPO, its training VecNormalize and its evaluation VecNormalize, as rl-zoo builds them.
+
+    Returns ``(model, venv, eval_norm)``; ``eval_norm`` is to be synchronised from ``venv``
+    (``sync_envs_normalization``) before each evaluation.
+    """
     import torch
     from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import VecNormalize
 
-    judge = Judge(
-        Run("sb3_recurrent_ppo", seed),
-        episodes,
-        lambda: tasks.cartpole_novel(scale=False),
-        stop_at_target=stop,
-    )
-    # rl-zoo's CartPoleNoVel-v1 drops the velocities without scaling; VecNormalize normalises.
-    torch.set_num_threads(1)  # small networks: more threads only contend (2 shared cores)
+    hp = RL_ZOO_CARTPOLE_NOVEL
+    assert hp["normalize"] is True and hp["policy"] == "MlpLstmPolicy"
+    # Measurement, not learning: one thread (a small network; the benchmark runs pinned to a core).
+    torch.set_num_threads(1)
+    set_random_seed(seed)  # rl_zoo3/train.py
+    # normalize: True, and exp_manager passes the algorithm's gamma to VecNormalize.
+    normalize_kwargs = dict(gamma=hp["gamma"])
     venv = VecNormalize(
-        make_vec_env(lambda: tasks.cartpole_novel(scale=False), n_envs=8, seed=seed),
-        norm_obs=True,
-        norm_reward=False,
+        make_vec_env(rlzoo_cartpole_novel, n_envs=hp["n_envs"], seed=seed), **normalize_kwargs
+    )
+    eval_norm = VecNormalize(
+        make_vec_env(rlzoo_cartpole_novel, n_envs=1, seed=seed),
+        **{**normalize_kwargs, "norm_reward": False, "training": False},
     )
     model = RecurrentPPO(
-        "MlpLstmPolicy",
+        hp["policy"],
         venv,
-        n_steps=32,
-        batch_size=256,
-        n_epochs=20,
-        gamma=0.98,
-        gae_lambda=0.8,
-        ent_coef=0.0,
-        learning_rate=lambda progress: 1e-3 * progress,
-        clip_range=lambda progress: 0.2 * progress,
-        policy_kwargs=dict(
+        n_steps=hp["n_steps"],
+        batch_size=hp["batch_size"],
+        gae_lambda=hp["gae_lambda"],
+        gamma=hp["gamma"],
+        n_epochs=hp["n_epochs"],
+        ent_coef=hp["ent_coef"],
+        learning_rate=_schedule(hp["learning_rate"]),
+        clip_range=_schedule(hp["clip_range"]),
+        policy_kwargs=dict(  # hp["policy_kwargs"], evaluated
             ortho_init=False,
             activation_fn=torch.nn.ReLU,
             lstm_hidden_size=64,
@@ -201,7 +284,24 @@ def run_sb3(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = 
         device="cpu",
         verbose=0,
     )
-    t0 = time.perf_counter()
+    return model, venv, eval_norm
+
+
+def run_sb3(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = True) -> Run:
+    """RecurrentPPO configured exactly as rl-zoo publishes it for CartPoleNoVel-v1 (see above)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import sync_envs_normalization
+
+    judge = Judge(
+        Run("sb3_recurrent_ppo", seed), episodes, rlzoo_cartpole_novel, stop_at_target=stop
+    )
+    model, venv, eval_norm = make_sb3(seed)
+
+    def evaluate_now(num_timesteps: int) -> bool:
+        sync_envs_normalization(venv, eval_norm)  # as rl-zoo's EvalCallback: frozen copy
+        return judge(
+            num_timesteps, time.perf_counter() - t0 - judge.eval_s, SB3Policy(model, eval_norm)
+        )
 
     class Every(BaseCallback):
         next_at = eval_every
@@ -210,19 +310,12 @@ def run_sb3(seed: int, steps: int, eval_every: int, episodes: int, stop: bool = 
             if self.num_timesteps < self.next_at:
                 return True
             self.next_at += eval_every
-            venv.training = False  # frozen statistics while evaluating
-            stop = judge(
-                self.num_timesteps,
-                time.perf_counter() - t0 - judge.eval_s,
-                SB3Policy(model, venv),
-            )
-            venv.training = True
-            return not stop
+            return not evaluate_now(self.num_timesteps)
 
+    t0 = time.perf_counter()
     model.learn(total_timesteps=steps, callback=Every())
     if judge.run.steps < model.num_timesteps:  # the budget ended between evaluations
-        venv.training = False
-        judge(model.num_timesteps, time.perf_counter() - t0 - judge.eval_s, SB3Policy(model, venv))
+        evaluate_now(model.num_timesteps)
     return judge.run
 
 
@@ -292,6 +385,7 @@ def run_bench(
     if sb3:
         report["sb3_steps_to_475"] = sb3["steps_to_475"]
         report["sb3_wall_s"] = sb3["wall_s"]
+        report["sb3_config"] = {"source": RL_ZOO_SOURCE, "hyperparams": RL_ZOO_CARTPOLE_NOVEL}
     return report
 
 
