@@ -4,7 +4,8 @@ over its link like any operator would, with CPU hogs beside it when asked.
 
 What the benchmarks read comes from the daemon's own telemetry: every ``step`` message carries
 the period's stage times, its frame-to-motor latency and the length of the period; ``status``
-carries the missed periods.
+carries the missed periods and the CPU time per period of the control process and of its loop
+thread. The CPU time of each of the daemon's processes is also read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 import numpy as np
 
 NICE = -5  # systemd/malpi.service's Nice=
+# The cores this process may use when it starts (``taskset`` included): the hogs run on any of
+# them, whatever the process is confined to later.
+START_CPUS = sorted(os.sched_getaffinity(0))
 ENDPOINTS = re.compile(r"link: commands on (\S+), telemetry on (\S+)")
 
 
@@ -143,6 +147,15 @@ def _as_the_unit() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user + system) a process has used so far, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -154,11 +167,13 @@ def rss_mb(pid: int) -> float | None:
 
 
 class Watcher:
-    """Collects the daemon's step telemetry and samples its processes' memory, in a thread."""
+    """Collects the daemon's step and status telemetry and samples its processes' memory, in a
+    thread."""
 
     def __init__(self, daemon: BenchDaemon, rss_interval: float = 0.5):
         self.daemon = daemon
         self.steps: list[tuple[float, dict[str, float]]] = []  # (time received, latency_ms)
+        self.statuses: list[tuple[float, Any]] = []  # (time received, StatusMsg)
         self.events: list[Any] = []
         self.rss: dict[str, list[tuple[float, float]]] = {}
         self._rss_interval = rss_interval
@@ -171,7 +186,7 @@ class Watcher:
 
     def _run(self) -> None:
         client = self.daemon.client()
-        client.subscribe(["step", "event"])
+        client.subscribe(["step", "status", "event"])
         next_rss = 0.0
         try:
             while not self._stop.is_set():
@@ -181,6 +196,8 @@ class Watcher:
                     topic, body = msg
                     if topic == "step":
                         self.steps.append((now, dict(body.latency_ms)))
+                    elif topic == "status":
+                        self.statuses.append((now, body))
                     else:
                         self.events.append(body)
                 if now >= next_rss:
@@ -199,12 +216,21 @@ class Watcher:
     def window(self, t0: float, t1: float) -> list[dict[str, float]]:
         return [lat for t, lat in self.steps if t0 <= t <= t1]
 
+    def status_window(self, t0: float, t1: float) -> list[Any]:
+        return [s for t, s in self.statuses if t0 <= t <= t1]
+
 
 def pct(values, q) -> float | None:
     return round(float(np.percentile(values, q)), 3) if len(values) else None
 
 
-OVERHEAD_STAGES = ("capture_wait", "preprocess", "actuation", "record", "publish")
+# The loop thread's stages (docs/protocol.md, latency_ms), in the order they run; ``publish``
+# (the telemetry and the link's frame) is the previous period's.
+STAGES = ("commands", "checks", "inference", "actuation", "record_handoff", "publish")
+# The overhead: the loop thread's wall time in a period but the policy's step. What other
+# threads (the camera's capture and resize) and processes (the recorder's JPEG encoding and
+# SQLite, the link) spend is not in it: that is in the CPU figures (cpu_figures).
+OVERHEAD_STAGES = tuple(k for k in STAGES if k != "inference")
 
 
 def summarise_steps(steps: list[dict[str, float]], rate_hz: float) -> dict[str, Any]:
@@ -212,24 +238,66 @@ def summarise_steps(steps: list[dict[str, float]], rate_hz: float) -> dict[str, 
     period_ms = 1000.0 / rate_hz
     periods = [s["period"] for s in steps if "period" in s]
     overhead = [sum(s.get(k, 0.0) for k in OVERHEAD_STAGES) for s in steps]
+    busy = [sum(s.get(k, 0.0) for k in STAGES) for s in steps]
     f2m = [s["frame_to_motor"] for s in steps if "frame_to_motor" in s]
     stages = {
         k: {
             "median_ms": pct([s[k] for s in steps if k in s], 50),
             "p99_ms": pct([s[k] for s in steps if k in s], 99),
         }
-        for k in (*OVERHEAD_STAGES[:2], "inference", *OVERHEAD_STAGES[2:])
+        for k in STAGES
     }
     return {
         "steps": len(steps),
+        "overhead_stages": list(OVERHEAD_STAGES),
         "overhead_median_ms": pct(overhead, 50),
         "overhead_p99_ms": pct(overhead, 99),
+        "loop_wall_median_ms": pct(busy, 50),
+        "loop_wall_p99_ms": pct(busy, 99),
         "frame_to_motor_median_ms": pct(f2m, 50),
         "frame_to_motor_p99_ms": pct(f2m, 99),
         "period_max_ms": round(max(periods), 3) if periods else None,
         "jitter_median_ms": pct(np.abs(np.array(periods) - period_ms), 50),
         "jitter_p99_ms": pct(np.abs(np.array(periods) - period_ms), 99),
         "stages": stages,
+    }
+
+
+def cpu_figures(
+    statuses: list[Any],
+    cpu0: dict[str, float | None],
+    cpu1: dict[str, float | None],
+    periods: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """CPU time per period: of the control process (all its threads) and of its loop thread,
+    per status interval (the daemon's ``status`` telemetry, ~1 s each), and of each of the
+    daemon's processes over the whole run (``/proc``, between ``cpu0`` and ``cpu1``), with
+    their share of one core."""
+
+    def windows(key: str) -> dict[str, Any]:
+        values = [getattr(s, key) for s in statuses if getattr(s, key, None) is not None]
+        return {
+            "mean": round(float(np.mean(values)), 3) if values else None,
+            "median": pct(values, 50),
+            "p99": pct(values, 99),
+        }
+
+    used = {
+        role: cpu1[role] - cpu0[role]
+        for role in cpu0
+        if cpu0[role] is not None and cpu1.get(role) is not None
+    }
+    if used:
+        used["all"] = sum(used.values())
+    return {
+        "status_windows": len(statuses),
+        "loop_thread_ms_per_period": windows("loop_cpu_ms_per_period"),
+        "control_ms_per_period": windows("cpu_ms_per_period"),
+        "process_ms_per_period": {
+            k: round(v * 1000 / periods, 3) if periods else None for k, v in used.items()
+        },
+        "process_share_pct": {k: round(v / seconds * 100, 2) for k, v in used.items()},
     }
 
 
@@ -240,7 +308,7 @@ class Hogs:
         self.procs = [
             subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)
         ]
-        everywhere = range(os.cpu_count() or 1)
+        everywhere = START_CPUS
         for p in self.procs:  # on any core, the control process's too, whatever started them
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(p.pid, everywhere)

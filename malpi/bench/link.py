@@ -233,7 +233,7 @@ def _throughput(config, seconds: float = 1.5) -> dict[str, Any]:
         "probs": [0.1, 0.2, 0.4, 0.2, 0.1],
         "value": 0.5,
         "faults": [],
-        "latency_ms": {"capture_wait": 0.01, "inference": 0.3, "frame_to_motor": 20.0},
+        "latency_ms": {"commands": 0.01, "inference": 0.3, "frame_to_motor": 20.0},
     }
     out: dict[str, Any] = {}
     for name, send in (

@@ -358,7 +358,7 @@ class StepMsg(Struct, kw_only=True):
     probs: list[float] | None  # the policy's action probabilities (None when it did not run)
     value: float | None
     faults: list[str]
-    latency_ms: dict[str, float]  # per stage of this period (capture_wait, inference, ...)
+    latency_ms: dict[str, float]  # per stage of this period (commands, inference, ...)
 
 
 class FrameMsg(Struct, kw_only=True):
@@ -390,6 +390,10 @@ class StatusMsg(Struct, kw_only=True):
     policy_source: str | None = None  # as in StatusReply
     boot_policy_version: str | None = None
     boot_policy_source: str | None = None
+    # CPU ms per period over the last status interval: the control process's (all threads)
+    # and the loop thread's; None before the first interval (absent from older robots)
+    cpu_ms_per_period: float | None = None
+    loop_cpu_ms_per_period: float | None = None
 
 
 class EventMsg(Struct, kw_only=True):
@@ -616,6 +620,8 @@ def encode_telemetry(topic: str, payload: dict[str, Any], **extra: Any) -> bytes
             policy_source=p.get("policy_source"),
             boot_policy_version=p.get("boot_policy_version"),
             boot_policy_source=p.get("boot_policy_source"),
+            cpu_ms_per_period=p.get("cpu_ms_per_period"),
+            loop_cpu_ms_per_period=p.get("loop_cpu_ms_per_period"),
         )
     elif topic == "event":
         details = {k: v for k, v in p.items() if k not in ("t", "kind", "message")}

@@ -78,6 +78,11 @@ class LoopStats:
     overrun_streak: int = 0
     rate_hz: float = 0.0  # measured over the last status interval
     last_stages_ms: dict[str, float] = field(default_factory=dict)
+    # CPU time per period over the last status interval (None before the first): the control
+    # process's (all its threads: this loop, the camera's capture and resize, the simulator,
+    # the policy loader, ZeroMQ's I/O) and the loop thread's own.
+    cpu_ms_per_period: float | None = None
+    loop_cpu_ms_per_period: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ class ControlLoop:
         self._last_status = 0.0
         self._last_watchdog = 0.0
         self._rate_mark = (0.0, 0)
+        self._cpu_mark = (0.0, 0.0, 0)  # process CPU s, loop thread CPU s, periods
         if link is not None:
             link.state_fn = self.state
             self.telemetry.add_sink(link.sink)
@@ -279,6 +285,7 @@ class ControlLoop:
         gc.freeze()
         due = time.monotonic()
         self._rate_mark = (due, 0)
+        self._cpu_mark = (time.process_time(), time.thread_time(), 0)
         try:
             while not self._stop.is_set():
                 self._period()
@@ -317,6 +324,7 @@ class ControlLoop:
         """One control period. The order of the steps is the contract."""
         t0 = time.monotonic()
         self._run_commands()
+        t_cmd = time.monotonic()
         self._check_threads()
 
         # 1. The newest frame, and whether it is fresh enough to act on.
@@ -331,11 +339,10 @@ class ControlLoop:
             )
         else:
             self._clear("stale_frame")
-        t_pre = time.monotonic()
 
         # 2. The operator: a fresh drive command (manual driving, or an intervention in auto).
         operator = self._operator
-        if operator is not None and t_pre - operator.received > self.settings.deadman:
+        if operator is not None and t_frame - operator.received > self.settings.deadman:
             operator = None
         if self.mode is Mode.MANUAL and operator is None:
             self._fault("deadman", f"no drive command for {self.settings.deadman * 1000:.0f} ms")
@@ -349,6 +356,7 @@ class ControlLoop:
                 source = "human" if self.mode is Mode.MANUAL else "intervention"
             elif self.mode is Mode.AUTO and operator is None and self.policy is not None:
                 source = "policy"
+        t_checks = time.monotonic()
 
         # 4. The policy steps on exactly the periods that act, so that its LSTM state follows
         #    the sequence the recording keeps (and training replays).
@@ -391,13 +399,15 @@ class ControlLoop:
             self.prev_action = action
         t_rec = time.monotonic()
 
-        # 7. Telemetry.
+        # 7. Telemetry. The stages (docs/protocol.md, ``latency_ms``) partition the loop thread's
+        #    work in a period, in wall time; what other threads and processes spend is in
+        #    ``status``'s CPU figures (see _cpu_status).
         stages = {
-            "capture_wait": (t_frame - t0) * 1000,
-            "preprocess": (t_pre - t_frame) * 1000,
-            "inference": (t_inf - t_pre) * 1000,
-            "actuation": (t_act - t_inf) * 1000,
-            "record": (t_rec - t_act) * 1000,
+            "commands": (t_cmd - t0) * 1000,  # queued commands, the link's and recorder's messages
+            "checks": (t_checks - t_cmd) * 1000,  # threads, newest frame, stale, deadman, who acts
+            "inference": (t_inf - t_checks) * 1000,  # the policy's step (0 when none acts)
+            "actuation": (t_act - t_inf) * 1000,  # the drivetrain's command
+            "record_handoff": (t_rec - t_act) * 1000,  # the step to the recorder process's queue
         }
         if frame is not None:
             stages["frame_to_motor"] = (t_act - frame.timestamp) * 1000
@@ -564,6 +574,7 @@ class ControlLoop:
         self._rate_mark = (now, self.stats.periods + 1)
         self._last_status = now
         status = self.status()
+        status.update(self._cpu_status())
         if self.recorder is not None:
             s = self.recorder.stats
             status["recorder"] = {
@@ -576,6 +587,21 @@ class ControlLoop:
         self.notifier.status(
             f"{status['mode']} ep {self.episode} {status['rate_hz']} Hz faults: {faults}"
         )
+
+    def _cpu_status(self) -> dict[str, float | None]:
+        """CPU time per period since the last status (on the loop thread, once a status
+        interval: two clock reads)."""
+        cpu, loop_cpu, n = self._cpu_mark
+        now_cpu, now_loop, periods = time.process_time(), time.thread_time(), self.stats.periods + 1
+        if periods > n:
+            per = 1000 / (periods - n)
+            self.stats.cpu_ms_per_period = round((now_cpu - cpu) * per, 3)
+            self.stats.loop_cpu_ms_per_period = round((now_loop - loop_cpu) * per, 3)
+        self._cpu_mark = (now_cpu, now_loop, periods)
+        return {
+            "cpu_ms_per_period": self.stats.cpu_ms_per_period,
+            "loop_cpu_ms_per_period": self.stats.loop_cpu_ms_per_period,
+        }
 
     # -- commands (on the loop thread) --------------------------------------------
 
