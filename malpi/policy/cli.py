@@ -33,10 +33,20 @@ def register(commands, bench) -> None:
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     info.set_defaults(func=cmd_info)
 
-    b = bench.add_parser("policy", help="per-step latency of six ways to run the policy")
+    b = bench.add_parser(
+        "policy",
+        help="per-step policy latency: explicit-state step vs window re-run, "
+        "on LiteRT (float, dynamic-range, integer) and TensorFlow",
+    )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    b.add_argument("--steps", type=int, default=300, help="timed steps per way")
-    b.add_argument("--warmup", type=int, default=50, help="untimed steps first, per way")
+    b.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
+    b.add_argument("--warmup", type=int, default=50, help="untimed steps first, per measurement")
+    b.add_argument(
+        "--arch",
+        choices=("both", "default", "seed"),
+        default="both",
+        help="which architecture(s) to measure (default: both)",
+    )
     b.set_defaults(func=cmd_bench)
 
 
@@ -117,5 +127,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from malpi.policy import bench
 
-    bench.run(steps=args.steps, warmup=args.warmup, slow_steps=args.steps, json_path=args.json)
+    archs = ("default", "seed") if args.arch == "both" else (args.arch,)
+    bench.run(steps=args.steps, warmup=args.warmup, architectures=archs, json_path=args.json)
     return 0
