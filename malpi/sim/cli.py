@@ -65,7 +65,10 @@ def register(commands, bench) -> None:
     _car_args(d)
     d.set_defaults(func=cmd_demo)
 
-    b = bench.add_parser("sim", help="simulator env steps/s on one core (and CarRacing-v3's)")
+    b = bench.add_parser(
+        "sim",
+        help="simulator steps/s on one core: the training env, one cached track, CarRacing-v3",
+    )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
     b.add_argument("--no-carracing", action="store_true", help="skip the CarRacing-v3 comparison")
