@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import socket
+import struct
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 
 import msgspec
@@ -41,17 +43,52 @@ def oversized(size: int) -> bytes:
 
 def zip_bomb_bundle(inflated: int = 512 * 1024 * 1024) -> bytes:
     """A bundle-shaped zip whose weights.npz inflates to ``inflated`` bytes of zeros (the
-    archive itself is about a thousandth of that)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.writestr("manifest.json", json.dumps({"format": "malpi-policy", "format_version": 1}))
-        with zf.open("weights.npz", "w", force_zip64=True) as f:
-            chunk = bytes(1 << 20)
-            for _ in range(inflated >> 20):
-                f.write(chunk)
-        zf.writestr("float.tflite", b"")
-        zf.writestr("int8.tflite", b"")
+    archive itself is about a thousandth of that). Written by hand from one compressed MiB
+    repeated, so it takes a fraction of a second, not the seconds deflating it all would."""
+    if inflated >= 1 << 32:
+        raise ValueError("a zip bomb of 4 GiB or more needs zip64, which this does not write")
+    manifest = json.dumps({"format": "malpi-policy", "format_version": 1}).encode()
+    members = [
+        ("manifest.json", zlib.crc32(manifest), len(manifest), _deflate(manifest)),
+        ("weights.npz", *_zeros_deflated(inflated)),
+        ("float.tflite", 0, 0, _deflate(b"")),
+        ("int8.tflite", 0, 0, _deflate(b"")),
+    ]
+    out, central = io.BytesIO(), io.BytesIO()
+    for name, crc, size, data in members:
+        offset = out.tell()
+        fields = (8, 0, _DOS_DATE, crc, len(data), size, len(name))  # deflated, 1980-01-01
+        out.write(struct.pack("<IHH" + "HHHIIIHH", 0x04034B50, 20, 0, *fields, 0))
+        out.write(name.encode() + data)
+        central.write(struct.pack("<IHHH" + "HHHIIIHH", 0x02014B50, 20, 20, 0, *fields, 0))
+        central.write(struct.pack("<HHHII", 0, 0, 0, 0, offset) + name.encode())
+    start, directory = out.tell(), central.getvalue()
+    out.write(directory)
+    n = len(members)
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(directory), start, 0))
     return out.getvalue()
+
+
+_DOS_DATE = (1 << 5) | 1  # 1980-01-01 in a zip header's date field
+
+
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as in a zip
+    return c.compress(data) + c.flush()
+
+
+def _zeros_deflated(size: int) -> tuple[int, int, bytes]:
+    """(CRC-32, size, raw deflate stream) of ``size`` zero bytes. After a full flush deflate
+    starts afresh, so every MiB of zeros compresses to the same bytes: compress one, repeat it."""
+    chunk = bytes(1 << 20)
+    full, rest = divmod(size, len(chunk))
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(full):
+        crc = zlib.crc32(chunk, crc)
+    crc = zlib.crc32(chunk[:rest], crc)
+    return crc, size, block * full + _deflate(chunk[:rest])
 
 
 def huge_manifest_bundle(bundle: bytes, provenance_bytes: int = 256 * 1024 * 1024) -> bytes:
@@ -60,8 +97,11 @@ def huge_manifest_bundle(bundle: bytes, provenance_bytes: int = 256 * 1024 * 102
     with zipfile.ZipFile(io.BytesIO(bundle)) as src:
         files = {n: src.read(n) for n in src.namelist()}
     manifest = json.loads(files["manifest.json"])
-    manifest["provenance"] = {"notes": "x" * provenance_bytes}
-    files["manifest.json"] = json.dumps(manifest).encode()
+    manifest["provenance"] = {"notes": ""}
+    # json.dumps of the notes themselves would take seconds: the same text, spliced in
+    empty = b'"provenance": {"notes": ""}'
+    notes = b'"provenance": {"notes": "' + b"x" * provenance_bytes + b'"}'
+    files["manifest.json"] = json.dumps(manifest).encode().replace(empty, notes, 1)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in files.items():

@@ -51,6 +51,7 @@ def run(
     out = {
         "frame_bytes": int(np.prod(FRAME_SHAPE)),
         "messages": messages,
+        "paced": paced,
         "rate_hz": rate_hz,
         "results": results,
     }
