@@ -421,8 +421,9 @@ def _twin(data: bytes) -> bytes:
         b.actions,
         b.weights,
         b.tflite_float,
-        b.tflite_int8,
+        b.tflite_dynamic,
         b.manifest.get("provenance", {}),
+        tflite_integer=b.tflite_integer,
         version=b.version + 1,
         parent=b.id,
     ).to_bytes()
