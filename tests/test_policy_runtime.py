@@ -173,3 +173,20 @@ def test_litert_runtime_never_imports_tensorflow(bundle, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "IMPORTED []" in out.stdout
+
+
+def test_an_integer_model_that_computes_something_else_here_is_not_driven(caplog):
+    """As on a CPU whose int8 kernels are wrong: the integer model is checked against the float
+    one before it drives; auto falls back to dynamic-range, an explicit litert_int8 is refused."""
+    from malpi.policy.runtime import resolve_backend
+
+    a = PolicyBundle.from_bytes(make_fixtures.read("a"))
+    b = PolicyBundle.from_bytes(make_fixtures.read("b"))
+    assert resolve_backend(a, "auto") == "litert_int8"
+    wrong = a.with_integer_model(b.tflite_integer, {"note": "another policy's integer model"})
+    with caplog.at_level("WARNING"):
+        assert resolve_backend(wrong, "auto") == "litert_dynamic"
+    assert "integer model does not compute on this CPU what its float model does" in caplog.text
+    assert StepPolicy(wrong).backend_name == "litert_dynamic"
+    with pytest.raises(ValueError, match='argmax agreement .*policy.backend = "litert_dynamic"'):
+        StepPolicy(wrong, backend="litert_int8")

@@ -137,11 +137,17 @@ mount_root() {
   cp "$host_ca" "$root/etc/ssl/host-ca-certificates.crt"
 }
 # A clean environment inside: nothing of the host's pip configuration or venv leaks in.
+# The emulated CPU is a Pi 4's Cortex-A72, matching the cpuinfo below (MALPI_QEMU_CPU: another,
+# e.g. cortex-a76 for a Pi 5). QEMU's default, "max", has every feature QEMU knows (SVE, i8mm,
+# ...), which no Pi has; there XNNPACK picks int8 kernels whose results are wrong (the integer
+# model agreed with float on 31 % of frames; on cortex-a72 and cortex-a76 it matches x86 to
+# 1e-7), so it does not stand for a Pi.
+qemu_cpu=${MALPI_QEMU_CPU:-cortex-a72}
 in_root() { in_root_at / "$@"; }
 in_root_at() { # DIR COMMAND...: run in DIR inside the root
   local dir=$1
   shift
-  chroot "$root" /usr/bin/env -i -C "$dir" HOME=/root LANG=C.UTF-8 TERM=dumb \
+  chroot "$root" /usr/bin/env -i -C "$dir" HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$qemu_cpu" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_CERT=/etc/ssl/host-ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
 }
@@ -483,7 +489,7 @@ cat <<EOF | tee "$work/summary.txt"
 ===== MaLPi on emulated arm64: $release =====
 date            $(date -u +%Y-%m-%dT%H:%MZ)
 commit          $commit (git archive HEAD), constraints tools/constraints/$release.txt
-root            Debian $debian_version arm64 (qemu-user $(/usr/bin/qemu-aarch64-static --version | head -n1 | awk '{print $3}')), apt: $(tr '\n' ' ' <"$root/.malpi-apt-packages")
+root            Debian $debian_version arm64 (qemu-user $(/usr/bin/qemu-aarch64-static --version | head -n1 | awk '{print $3}'), CPU $qemu_cpu), apt: $(tr '\n' ' ' <"$root/.malpi-apt-packages")
 python          $py_version; $versions
 apt modules     pinned venv: $pinned_probe
                 unpinned (numpy $unpinned_numpy): $unpinned_probe
