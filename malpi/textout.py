@@ -54,8 +54,11 @@ def summary(value: Any, width: int = WIDTH) -> str:
 
 
 def summary_fields(record: dict[str, Any], indent: str = "") -> list[str]:
-    """One summarised ``key  value`` line per top-level key of a nested record."""
-    return fields(((str(k), summary(v)) for k, v in record.items()), indent)
+    """One summarised ``key  value`` line per top-level key of a nested record, each line
+    about :data:`WIDTH` characters at most."""
+    keys = max((len(str(k)) for k in record), default=0)
+    width = max(WIDTH - len(indent) - keys - 3, 20)
+    return fields(((str(k), summary(v, width)) for k, v in record.items()), indent)
 
 
 def _short(value: Any) -> str:

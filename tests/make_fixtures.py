@@ -74,7 +74,7 @@ def random_episodes(seed: int, episodes: int = 3, steps: int = 40):
     """(frames, actions) of random smooth images and random actions."""
     import numpy as np
 
-    from malpi.policy.export import random_observation
+    from malpi.policy.spec import random_observation
 
     rng = np.random.default_rng(seed)
     return [

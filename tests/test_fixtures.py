@@ -7,8 +7,8 @@ from extras import needs_tf
 
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION
 from malpi.policy.bundle import PolicyBundle
-from malpi.policy.export import random_observation
 from malpi.policy.runtime import StepPolicy
+from malpi.policy.spec import random_observation
 
 NAMES = sorted(make_fixtures.RECIPES)
 STALE = "is stale: remake it with `python tests/make_fixtures.py` (needs TensorFlow)"

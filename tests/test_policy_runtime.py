@@ -12,8 +12,8 @@ from policy_helpers import TINY_SPEC
 
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, one_hot
 from malpi.policy.bundle import PolicyBundle
-from malpi.policy.export import random_observation
 from malpi.policy.runtime import PolicyOutputError, StepPolicy
+from malpi.policy.spec import random_observation
 
 STEPS = 60
 SPEC = make_fixtures.SPEC  # the tiny policies of tests/data/ (no TensorFlow needed)

@@ -262,10 +262,11 @@ def _seed_way(net, spec: PolicySpec, frames: list[np.ndarray], steps: int, warmu
 
 def bench_architecture(spec: PolicySpec, steps: int, warmup: int) -> dict:
     """Measure every (algorithm, runtime) cell for one architecture; its JSON object."""
-    from malpi.policy.export import make_bundle, random_observation
+    from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
     from malpi.policy.quantize import calibration_samples, integer_model
     from malpi.policy.runtime import StepPolicy
+    from malpi.policy.spec import random_observation
 
     name = spec_name(spec)
     net = build_policy(spec, seed=0)

@@ -117,7 +117,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     print("\n".join(table(("", "", "steering", "throttle"), rows, indent="  ")))
     for name, p in sorted(m["payloads"].items()):
-        print(f"payload     {name:<14}{p['bytes']:>10,} bytes  sha256 {p['sha256'][:16]}…")
+        print(f"payload     {name:<21}{p['bytes']:>10,} bytes  sha256 {p['sha256'][:16]}…")
     # Training records can be long (a DAgger history): summarised here, whole with --json.
     print("provenance  (in brief; all of it: --json)")
     print("\n".join(summary_fields(dict(sorted(m["provenance"].items())), indent="  ")))

@@ -1,8 +1,7 @@
 """Turn a Keras policy into a bundle: LiteRT float and dynamic-range step models, after a
 parity check (the integer model, which needs calibration frames: :mod:`malpi.policy.quantize`).
 
-TensorFlow is imported where a model is converted, not with this module, so that
-``random_observation`` works on the robot install too (its tests use it)."""
+TensorFlow is imported where a model is converted, not with this module."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from malpi.actions import ActionTable, one_hot
 from malpi.policy.bundle import PolicyBundle
+from malpi.policy.spec import random_observation
 
 if TYPE_CHECKING:
     from malpi.policy.model import PolicyNetwork
@@ -105,14 +105,3 @@ def float_parity(net: PolicyNetwork, bundle: PolicyBundle, steps: int = 20, seed
         )
         prev = result.action
     return worst
-
-
-def random_observation(spec, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random image (or vector) that moves a network more than white noise does."""
-    if not spec.is_image:
-        return rng.normal(size=spec.observation_shape).astype(np.float32)
-    h, w = spec.image_height, spec.image_width
-    blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    img = blocks.repeat(-(-h // 6), axis=0).repeat(-(-w // 8), axis=1)[:h, :w]
-    noise = rng.integers(-20, 21, img.shape)
-    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)

@@ -24,7 +24,7 @@ import numpy as np
 from malpi.actions import one_hot
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.litert import LiteRTStep
-from malpi.policy.spec import PolicySpec
+from malpi.policy.spec import PolicySpec, random_observation
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ def integer_problem(bundle: PolicyBundle) -> str | None:
     quantisation's precision), else what is wrong. Checked once per bundle and process."""
     if bundle.sha256 in _self_checked:
         return _self_checked[bundle.sha256]
-    from malpi.policy.export import random_observation
-
     spec, n = bundle.spec, bundle.spec.num_actions
     models = [LiteRTStep(m, spec) for m in (bundle.tflite_float, bundle.tflite_integer)]
     states = [[np.zeros((1, spec.lstm_units), np.float32)] * 2 for _ in models]

@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 
 class SpecError(ValueError):
     """A spec that cannot describe a policy; the message names the field."""
@@ -207,3 +209,14 @@ SEED_SPEC = PolicySpec(
     lstm_units=128,
 )
 """The architecture of the MaLPi seed post: all conv features straight into LSTM(128)."""
+
+
+def random_observation(spec: PolicySpec, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random image (or vector) that moves a network more than white noise does."""
+    if not spec.is_image:
+        return rng.normal(size=spec.observation_shape).astype(np.float32)
+    h, w = spec.image_height, spec.image_width
+    blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    img = blocks.repeat(-(-h // 6), axis=0).repeat(-(-w // 8), axis=1)[:h, :w]
+    noise = rng.integers(-20, 21, img.shape)
+    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
