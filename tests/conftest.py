@@ -13,3 +13,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
+import pytest  # noqa: E402 - after the environment above, which TensorFlow reads on import
+
+
+@pytest.fixture(autouse=True)
+def _cores_given_back():
+    """A test that confines this process to fewer cores (a benchmark run in-process) gives them
+    back: every daemon a later test starts inherits them, and its isolation depends on them."""
+    before = os.sched_getaffinity(0)
+    yield
+    assert os.sched_getaffinity(0) == before, "the test left this process on fewer cores"

@@ -75,6 +75,7 @@ class BenchDaemon:
                 if m:
                     self.command, self.telemetry = m.groups()
             time.sleep(0.05)
+        self._own_cpus = os.sched_getaffinity(0)
         self.client_cpus = self._confine_clients()
 
     def _confine_clients(self) -> list[int] | None:
@@ -89,12 +90,17 @@ class BenchDaemon:
             cpus = os.sched_getaffinity(link) if link else None
             if not cpus:
                 return None
-            for task in Path("/proc/self/task").iterdir():
-                with contextlib.suppress(OSError):  # a thread that just ended
-                    os.sched_setaffinity(int(task.name), cpus)
+            self._set_thread_cpus(cpus)
         except OSError:
             return None
         return sorted(cpus)
+
+    @staticmethod
+    def _set_thread_cpus(cpus: set[int]) -> None:
+        """Every thread of this process onto ``cpus``."""
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(task.name), cpus)
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None
@@ -139,6 +145,9 @@ class BenchDaemon:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)
+        # Unconfined again: a daemon started after this one (a test suite runs many in one
+        # process) must see every core, not only those this one left to its children.
+        self._set_thread_cpus(self._own_cpus)
         return self.proc.returncode
 
 
