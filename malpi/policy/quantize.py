@@ -107,7 +107,7 @@ def integer_model(
             debug_dataset=dataset,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_ops=list(FLOAT_OPS),
-                denylisted_nodes=_cell_matmuls(converter, net.cell.name, dataset),
+                denylisted_nodes=_cell_matmuls(converter, net.cell.name),
             ),
         )
         return debugger.get_nondebug_quantized_model()
@@ -128,7 +128,7 @@ def _quiet():
         yield
 
 
-def _cell_matmuls(converter: Any, cell: str, dataset: Any) -> list[str]:
+def _cell_matmuls(converter: Any, cell: str) -> list[str]:
     """The names of the recurrent cell's fully-connected ops in the all-int8 conversion."""
     from malpi.policy.litert import interpreter_class
 
