@@ -74,3 +74,31 @@ def test_demos_bc_and_eval_from_the_command_line(tmp_path, capsys):
     assert [t["track"] for t in report["per_track"]] == [1000]
     assert 0 <= report["next_action_accuracy"] <= 1 and report["held_out_steps"] > 0
     assert (pictures / "trajectories.png").exists() and (pictures / "confusion.png").exists()
+
+
+def test_quantize_adds_an_integer_model_only_when_it_agrees(tmp_path, capsys):
+    import make_fixtures
+
+    old = tmp_path / "old.malpi"
+    old.write_bytes(make_fixtures.read("b"))
+    before = PolicyBundle.load(old)
+    out = tmp_path / "new.malpi"
+    # Nothing can agree on more than every step: refused, nothing written.
+    assert main(["train", "quantize", str(old), "--out", str(out), "--min-agreement", "1.01"]) == 1
+    printed = capsys.readouterr().out
+    assert "not kept" in printed and "nothing written" in printed and not out.exists()
+
+    assert main(["train", "quantize", str(old), "--out", str(out), "--min-agreement", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "integer model: argmax agrees with float on" in printed
+    assert "dynamic-range model:" in printed and f"wrote {out}" in printed
+    new = PolicyBundle.load(out)
+    assert new.label == before.label and new.weights.keys() == before.weights.keys()
+    assert new.tflite_integer is not None and new.tflite_integer != before.tflite_integer
+    record = new.manifest["provenance"]["integer"]
+    assert record["kept"] and record["steps"] == 10 * 600  # the expert on the 10 eval tracks
+    assert record["calibration"] == {
+        "sim_tracks": "0-7",
+        "held_out_sim_tracks": "1000-1009",
+        "samples": 500,
+    }
