@@ -179,6 +179,21 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``malpi web``, the browser console: an operator client of the link (docs/web.md)."""
+
+    listen: str = "127.0.0.1:8080"  # HOST:PORT to serve; a non-loopback host needs login
+    login: bool = True  # ask for the password; false only on a loopback address
+    password_file: str = "~/.config/malpi/web-password"  # scrypt hash (malpi web password)
+    session_hours: float = 12.0  # a login lasts this long at most
+    idle_minutes: float = 60.0  # ... and ends after this long without a request
+    tls: bool = False  # HTTPS (phones need it for the tilt sensor)
+    cert: str = ""  # PEM certificate and key; "" = a self-signed pair made in tls_dir
+    key: str = ""
+    tls_dir: str = "~/.local/share/malpi/web-tls"
+
+
+@dataclass(frozen=True)
 class Config:
     loop: LoopConfig = LoopConfig()
     safety: SafetyConfig = SafetyConfig()
@@ -190,6 +205,7 @@ class Config:
     reward: RewardConfig = RewardConfig()
     link: LinkConfig = LinkConfig()
     realtime: RealtimeConfig = RealtimeConfig()
+    web: WebConfig = WebConfig()
     actions: list[dict[str, Any]] = field(default_factory=DEFAULT_ACTIONS.to_list)
 
     @property
@@ -437,6 +453,7 @@ def validate(c: Config) -> None:
         c.realtime.cpu >= -1, "realtime.cpu", f"must be a CPU number or -1, got {c.realtime.cpu}"
     )
     _validate_link(c.link)
+    _validate_web(c.web)
     try:
         c.action_table  # noqa: B018 - validates
     except ActionTableError as exc:
@@ -477,6 +494,26 @@ def _validate_link(link: LinkConfig) -> None:
             f"{addr} is reachable from the network: set link.curve = true (see malpi keys init), "
             "or link.allow_insecure_remote = true on a closed bench network",
         )
+
+
+def _validate_web(web: WebConfig) -> None:
+    from malpi.protocol.address import is_local
+
+    host, _, port = web.listen.rpartition(":")
+    _require(
+        bool(host) and port.isdigit() and 0 <= int(port) <= 65535,
+        "web.listen",
+        f"must be HOST:PORT, got {web.listen!r}",
+    )
+    _require(
+        web.login or is_local(f"tcp://{web.listen}"),
+        "web.login",
+        f"{web.listen} is reachable from the network: anyone there could drive the car; "
+        "keep web.login = true (set a password with malpi web password)",
+    )
+    _require(0 < web.session_hours <= 24 * 30, "web.session_hours", "must be in (0, 720]")
+    _require(0 < web.idle_minutes <= 24 * 60, "web.idle_minutes", "must be in (0, 1440]")
+    _require(bool(web.cert) == bool(web.key), "web.key", "give both web.cert and web.key, or neither")
 
 
 def _check_pins(section: str, pins: dict[str, int]) -> None:
