@@ -26,6 +26,7 @@ AREAS = [
     "malpi.rl.cli",
     "malpi.operator.cli",
     "malpi.operator.keys_cli",
+    "malpi.web.cli",
     "malpi.bench.cli",
     "malpi.train.cli",
 ]

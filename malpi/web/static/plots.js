@@ -1,0 +1,50 @@
+// The last minute of telemetry, one small graph per series, drawn on a canvas.
+const SECONDS = 60;
+const SERIES = [
+  { key: "steering", label: "steering", min: -1, max: 1, colour: "#5aaaf9" },
+  { key: "throttle", label: "throttle", min: -1, max: 1, colour: "#fac828" },
+  { key: "inference", label: "inference ms", min: 0, max: null, colour: "#6edc8c" },
+  { key: "rate", label: "loop Hz", min: 0, max: null, colour: "#e0a0f0" },
+];
+
+export class Plots {
+  constructor() { this.samples = []; }
+
+  add(t, values) {
+    this.samples.push({ t, ...values });
+    const oldest = t - SECONDS;
+    while (this.samples.length && this.samples[0].t < oldest) this.samples.shift();
+  }
+
+  draw(canvas) {
+    const g = canvas.getContext("2d");
+    const w = canvas.width;
+    const rowH = canvas.height / SERIES.length;
+    g.fillStyle = "#101010";
+    g.fillRect(0, 0, w, canvas.height);
+    const last = this.samples.length ? this.samples[this.samples.length - 1].t : 0;
+    SERIES.forEach((s, row) => {
+      const top = row * rowH;
+      const values = this.samples.map((p) => p[s.key]).filter((v) => v != null);
+      const max = s.max ?? Math.max(1, ...values) * 1.1;
+      const y = (v) => top + rowH - 4 - ((v - s.min) / (max - s.min)) * (rowH - 8);
+      g.strokeStyle = "#333";
+      g.beginPath(); g.moveTo(0, top + rowH - 0.5); g.lineTo(w, top + rowH - 0.5); g.stroke();
+      g.strokeStyle = s.colour;
+      g.beginPath();
+      let drawing = false;
+      for (const p of this.samples) {
+        const v = p[s.key];
+        if (v == null) { drawing = false; continue; }
+        const x = w - ((last - p.t) / SECONDS) * w;
+        if (drawing) g.lineTo(x, y(v)); else g.moveTo(x, y(v));
+        drawing = true;
+      }
+      g.stroke();
+      const now = values.length ? values[values.length - 1] : null;
+      g.fillStyle = "#ddd";
+      g.font = "12px system-ui, sans-serif";
+      g.fillText(`${s.label}${now == null ? "" : ` ${now.toFixed(2)}`}  (max ${max.toFixed(1)})`, 6, top + 14);
+    });
+  }
+}
