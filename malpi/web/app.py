@@ -62,7 +62,14 @@ def make_app(settings: Settings, bridge: Bridge) -> web.Application:
     app[LIMITER] = LoginLimiter()
     app[NO_LOGIN_CSRF] = secrets.token_urlsafe(32)
     static = resources.files("malpi.web") / "static"
-    app.router.add_get("/", lambda _: _index(static))
+    index = (static / "index.html").read_bytes()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(
+            body=index, content_type="text/html", headers={"Cache-Control": "no-cache"}
+        )
+
+    app.router.add_get("/", page)
     app.router.add_static("/static/", str(static), append_version=False)
     app.router.add_get("/api/session", session_info)
     app.router.add_post("/api/login", login)
@@ -85,14 +92,6 @@ def make_app(settings: Settings, bridge: Bridge) -> web.Application:
     app.on_startup.append(started)
     app.on_cleanup.append(stopped)
     return app
-
-
-def _index(static: Any) -> web.Response:
-    return web.Response(
-        body=(static / "index.html").read_bytes(),
-        content_type="text/html",
-        headers={"Cache-Control": "no-cache"},
-    )
 
 
 # -- middlewares -----------------------------------------------------------------------

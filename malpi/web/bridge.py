@@ -173,7 +173,9 @@ class Bridge:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._listen, name="malpi-web-telemetry", daemon=True)
+        self._thread = threading.Thread(
+            target=self._listen, name="malpi-web-telemetry", daemon=True
+        )
         self._thread.start()
 
     def _listen(self) -> None:
