@@ -129,7 +129,9 @@ def login(page, console: Console, password: str | None = None):
         page.fill("#password", password or console.password)
         page.click("#login-form button")
     page.wait_for_selector("#console:not([hidden])", timeout=10_000)
-    page.wait_for_function("window.malpiStats && window.malpiStats.frames > 0", timeout=10_000)
+    page.wait_for_function(
+        "() => window.malpiStats && window.malpiStats.frames > 0", timeout=10_000
+    )
     return page
 
 

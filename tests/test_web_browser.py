@@ -1,0 +1,175 @@
+"""The console in a real headless Chromium (Debian's, through Playwright): log in, watch, drive
+with the keyboard and the touch joystick, and what stops the car when the page lets go."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from daemon_helpers import moving, wait_until
+from link_helpers import link_config, running_link
+from web_helpers import DESKTOP, PHONE, Http, browser, login, running_console
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture
+def console(tmp_path):
+    config = link_config(tmp_path, **{"safety.deadman_ms": 300})
+    with running_link(config) as daemon, running_console(daemon) as console:
+        yield console
+
+
+def steps_from(console, source: str) -> int:
+    """Step telemetry messages the robot published with ``source`` (what the car did)."""
+    return sum(1 for topic, m in console.daemon.events.messages
+               if topic == "step" and m.get("source") == source)  # fmt: skip
+
+
+def test_a_wrong_password_is_refused_and_the_right_one_shows_the_car(console, chromium):
+    page = chromium.new_page(**DESKTOP)
+    page.goto(console.url)
+    page.fill("#password", "not the password")
+    page.click("#login-form button")
+    page.wait_for_selector("#login-error:has-text('wrong password')")
+    assert page.is_hidden("#console")
+    login(page, console)
+    page.wait_for_function("() => malpiStats.frames >= 5", timeout=10_000)
+    assert page.inner_text("#link-state") == "live"
+    assert "paused" in page.inner_text(".overlay")
+    page.close()
+
+
+def test_keyboard_driving_moves_the_car_and_letting_go_stops_it(console, chromium):
+    factory = console.daemon.factory
+    page = login(chromium.new_page(**DESKTOP), console)
+    page.click("button[data-mode=manual]")
+    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    page.keyboard.down("ArrowUp")
+    wait_until(lambda: moving(factory), timeout=3.0)
+    wait_until(lambda: steps_from(console, "human") > 5, timeout=3.0)  # telemetry says so too
+    page.keyboard.up("ArrowUp")
+    wait_until(lambda: not moving(factory), timeout=1.0)
+    page.close()
+
+
+def test_touch_joystick_drives_on_a_phone(console, chromium):
+    factory = console.daemon.factory
+    context = chromium.new_context(**PHONE)
+    page = login(context.new_page(), console)
+    page.click("button[data-mode=manual]")
+    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    box = page.locator(".stick").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.1  # pushed forward
+    cdp = context.new_cdp_session(page)
+    point = [{"x": x, "y": y, "id": 1}]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point})
+    wait_until(lambda: moving(factory), timeout=3.0)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    wait_until(lambda: not moving(factory), timeout=1.0)
+    context.close()
+
+
+def test_closing_the_tab_or_hiding_the_page_stops_the_car(tmp_path, chromium):
+    # A deadman longer than the waits below: only the console can stop the car this fast.
+    config = link_config(tmp_path, **{"safety.deadman_ms": 5000})
+    with running_link(config) as daemon, running_console(daemon) as console:
+        factory = daemon.factory
+        page = login(chromium.new_page(**DESKTOP), console)
+        page.click("button[data-mode=manual]")
+        page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+        page.keyboard.down("ArrowUp")
+        wait_until(lambda: moving(factory), timeout=3.0)
+        page.evaluate(
+            "Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
+            "document.dispatchEvent(new Event('visibilitychange'))"
+        )
+        assert wait_until(lambda: not moving(factory), timeout=1.0) < 1.0
+        page.keyboard.up("ArrowUp")
+        page.evaluate("Object.defineProperty(document, 'hidden', {value: false})")
+        page.keyboard.down("ArrowUp")
+        wait_until(lambda: moving(factory), timeout=3.0)
+        page.close()  # the tab goes while the key is held
+        assert wait_until(lambda: not moving(factory), timeout=1.0) < 1.0
+
+
+def test_a_frozen_page_is_stopped_by_the_deadman(console, chromium):
+    factory = console.daemon.factory
+    page = login(chromium.new_page(**DESKTOP), console)
+    page.click("button[data-mode=manual]")
+    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    page.keyboard.down("ArrowUp")
+    wait_until(lambda: moving(factory), timeout=3.0)
+    # The page's script hangs for 1.5 s: no drive commands, the socket still open.
+    busy = threading.Thread(target=lambda: page.evaluate(
+        "(() => { const end = Date.now() + 1500; while (Date.now() < end) {} })()"))  # fmt: skip
+    busy.start()
+    wait_until(lambda: not moving(factory), timeout=1.2)
+    assert console.daemon.events.safety_stop("deadman")
+    busy.join()
+    page.close()
+
+
+def test_another_sites_page_cannot_drive_the_car(console, chromium, tmp_path):
+    """The classic forgery: a page elsewhere posts to the console while its user is logged in."""
+    from aiohttp import web
+
+    evil = (
+        f"<form id=f method=post enctype=text/plain action='{console.url}api/mode'>"
+        '<input name=\'{"mode": "manual", "x": "\' value=\'"}\'></form>'
+        f"<script>fetch('{console.url}api/mode', {{method: 'POST', mode: 'no-cors', credentials: "
+        "'include', body: JSON.stringify({mode: 'auto'})}).finally(() => f.submit())</script>"
+    )
+
+    async def page_(request):
+        return web.Response(text=evil, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page_)
+
+    async def start():
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "localhost", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]
+
+    runner, port = console.run(start())
+    try:
+        context = chromium.new_context(**DESKTOP)
+        login(context.new_page(), console)  # logged in, in the same browser
+        attacker = context.new_page()
+        attacker.goto(f"http://localhost:{port}/")
+        attacker.wait_for_load_state("networkidle")
+        attacker.wait_for_timeout(500)
+        http = Http(console)
+        http.login()
+        assert http.get("/api/status")[1]["mode"] == "paused"  # neither request got through
+        http.close()
+        context.close()
+    finally:
+        console.run(runner.cleanup())
+
+
+def test_screenshots_at_phone_and_desktop_sizes(console, chromium, tmp_path):
+    """The README's pictures (MALPI_SCREENSHOTS=DIR keeps them there)."""
+    out = Path(os.environ.get("MALPI_SCREENSHOTS") or tmp_path)
+    http = Http(console)
+    http.login()
+    http.post("/api/mode", {"mode": "auto"})
+    http.post("/api/record", {"on": True})
+    http.close()
+    for name, size in (("web-phone.png", PHONE), ("web-desktop.png", DESKTOP)):
+        context = chromium.new_context(**size)
+        page = login(context.new_page(), console)
+        page.wait_for_function("() => malpiStats.frames >= 30", timeout=10_000)
+        page.wait_for_selector(".overlay .mode-auto")
+        page.screenshot(path=str(out / name), full_page=size is PHONE)
+        assert (out / name).stat().st_size > 10_000
+        context.close()
