@@ -33,10 +33,11 @@ for group in gpio video; do
   getent group "$group" >/dev/null && usermod -a -G "$group" malpi
 done
 
-# The robot install: LiteRT, gpiozero, pyzmq, OpenCV. No TensorFlow.
+# The robot install: LiteRT, gpiozero, pyzmq, OpenCV, and the browser console's aiohttp.
+# No TensorFlow.
 python3 -m venv --system-site-packages "$prefix/venv"
 "$prefix/venv/bin/pip" install --upgrade pip
-"$prefix/venv/bin/pip" install -c "$constraints" "${repo}[robot]"
+"$prefix/venv/bin/pip" install -c "$constraints" "${repo}[robot,web]"
 
 install -d -m 0755 /etc/malpi
 # The link's CURVE key pair (docs/protocol.md, Security); only authorised clients get in.
@@ -49,13 +50,30 @@ echo "authorise an operator: sudo $prefix/venv/bin/malpi keys authorize THEIR_cl
 echo "and give them /etc/malpi/keys/server.key (malpi keys trust $(hostname) server.key on their machine)"
 install -m 0644 "$repo/systemd/malpi.service" /etc/systemd/system/malpi.service
 systemd-analyze verify /etc/systemd/system/malpi.service
+
+# The browser console (docs/web.md): a user of its own with a CURVE client key that the
+# daemon's link authorises, and the password that lets people in, both in /etc/malpi/web.
+id -u malpi-web >/dev/null 2>&1 || useradd --system --home-dir /var/lib/malpi-web --shell /usr/sbin/nologin malpi-web
+install -d -m 0700 -o malpi-web -g malpi-web /etc/malpi/web
+if [ ! -f /etc/malpi/web/client.key_secret ]; then
+  "$prefix/venv/bin/malpi" keys init --name client --dir /etc/malpi/web
+fi
+install -m 0644 /etc/malpi/keys/server.key /etc/malpi/web/server.key
+chown malpi-web:malpi-web /etc/malpi/web/client.key /etc/malpi/web/client.key_secret
+"$prefix/venv/bin/malpi" keys authorize /etc/malpi/web/client.key --name web --dir /etc/malpi/keys/authorized
+chown -R malpi:malpi /etc/malpi/keys/authorized
+install -m 0644 "$repo/systemd/malpi-web.service" /etc/systemd/system/malpi-web.service
+systemd-analyze verify /etc/systemd/system/malpi-web.service
 systemctl daemon-reload
+set_password="sudo -u malpi-web $prefix/venv/bin/malpi web --set-password --config $conf"
 # No configuration is guessed: pins and camera come from malpi setup, run at the car.
 if [ ! -f "$conf" ]; then
   echo
   echo "Installed. Next, at the car (wheels off the ground):"
   echo "  sudo $prefix/venv/bin/malpi setup --service     # motors, calibration, camera -> $conf"
   echo "  sudo systemctl enable --now malpi"
+  echo "  $set_password          # the browser console's password"
+  echo "  sudo systemctl enable --now malpi-web   # https://$(hostname).local:8080/"
   exit 0
 fi
 # Validate before (re)starting: a bad config must not reach the motors.
@@ -64,3 +82,12 @@ systemctl enable malpi.service
 systemctl restart malpi.service
 systemctl --no-pager status malpi.service || true
 echo "MaLPi is running; it boots paused: the car moves only when an operator chooses a mode."
+if [ -f /etc/malpi/web/password ]; then
+  systemctl enable malpi-web.service
+  systemctl restart malpi-web.service
+  echo "The browser console: https://$(hostname).local:8080/ (web.listen and web.tls in $conf)"
+else
+  echo "For the browser console, choose its password, then start it:"
+  echo "  $set_password"
+  echo "  sudo systemctl enable --now malpi-web"
+fi

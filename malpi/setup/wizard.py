@@ -33,6 +33,11 @@ SERVICE = {
     "link.keys_dir": "/etc/malpi/keys",
     "link.command": "tcp://0.0.0.0:5555",
     "link.telemetry": "tcp://0.0.0.0:5556",
+    # The browser console (systemd/malpi-web.service): on the network, over HTTPS, with a login.
+    "web.listen": "0.0.0.0:8080",
+    "web.tls": True,
+    "web.password_file": "/etc/malpi/web/password",
+    "web.tls_dir": "/var/lib/malpi-web/tls",
 }
 
 DRIVETRAINS = {"differential": "two motors on an H-bridge", "servo": "steering servo and ESC"}

@@ -150,6 +150,7 @@ function onStep(m) {
     throttle: taken ? taken.throttle : 0,
     inference: lat.inference ?? null,
     rate: lat.period ? 1000 / lat.period : null,
+    value: m.value ?? null,
   });
   drawOverlay();
   drawProbs(m);

@@ -5,6 +5,7 @@ const SERIES = [
   { key: "throttle", label: "throttle", min: -1, max: 1, colour: "#fac828" },
   { key: "inference", label: "inference ms", min: 0, max: null, colour: "#6edc8c" },
   { key: "rate", label: "loop Hz", min: 0, max: null, colour: "#e0a0f0" },
+  { key: "value", label: "value (expected return)", min: null, max: null, colour: "#f08c64" },
 ];
 
 export class Plots {
@@ -17,6 +18,14 @@ export class Plots {
   }
 
   draw(canvas) {
+    // Draw at the canvas's size on screen, in device pixels: sharp text on a phone too.
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.round(canvas.clientWidth * ratio);
+    const height = Math.round(width * (canvas.clientWidth < 500 ? 0.8 : 0.4));
+    if (canvas.width !== width || canvas.height !== height) {
+      canvas.width = width;
+      canvas.height = height;
+    }
     const g = canvas.getContext("2d");
     const w = canvas.width;
     const rowH = canvas.height / SERIES.length;
@@ -27,7 +36,8 @@ export class Plots {
       const top = row * rowH;
       const values = this.samples.map((p) => p[s.key]).filter((v) => v != null);
       const max = s.max ?? Math.max(1, ...values) * 1.1;
-      const y = (v) => top + rowH - 4 - ((v - s.min) / (max - s.min)) * (rowH - 8);
+      const min = s.min ?? Math.min(-1, ...values) * 1.1;
+      const y = (v) => top + rowH - 4 - ((v - min) / (max - min)) * (rowH - 8);
       g.strokeStyle = "#333";
       g.beginPath(); g.moveTo(0, top + rowH - 0.5); g.lineTo(w, top + rowH - 0.5); g.stroke();
       g.strokeStyle = s.colour;
@@ -43,8 +53,9 @@ export class Plots {
       g.stroke();
       const now = values.length ? values[values.length - 1] : null;
       g.fillStyle = "#ddd";
-      g.font = "12px system-ui, sans-serif";
-      g.fillText(`${s.label}${now == null ? "" : ` ${now.toFixed(2)}`}  (max ${max.toFixed(1)})`, 6, top + 14);
+      g.font = `${Math.round(12 * ratio)}px system-ui, sans-serif`;
+      const text = `${s.label}${now == null ? "" : ` ${now.toFixed(2)}`}  (${min.toFixed(1)} to ${max.toFixed(1)})`;
+      g.fillText(text, 6 * ratio, top + 14 * ratio);
     });
   }
 }
