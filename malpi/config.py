@@ -184,7 +184,7 @@ class WebConfig:
 
     listen: str = "127.0.0.1:8080"  # HOST:PORT to serve; a non-loopback host needs login
     login: bool = True  # ask for the password; false only on a loopback address
-    password_file: str = "~/.config/malpi/web-password"  # scrypt hash (malpi web password)
+    password_file: str = "~/.config/malpi/web-password"  # scrypt hash (malpi web --set-password)
     session_hours: float = 12.0  # a login lasts this long at most
     idle_minutes: float = 60.0  # ... and ends after this long without a request
     tls: bool = False  # HTTPS (phones need it for the tilt sensor)
@@ -509,7 +509,7 @@ def _validate_web(web: WebConfig) -> None:
         web.login or is_local(f"tcp://{web.listen}"),
         "web.login",
         f"{web.listen} is reachable from the network: anyone there could drive the car; "
-        "keep web.login = true (set a password with malpi web password)",
+        "keep web.login = true (set a password with malpi web --set-password)",
     )
     _require(0 < web.session_hours <= 24 * 30, "web.session_hours", "must be in (0, 720]")
     _require(0 < web.idle_minutes <= 24 * 60, "web.idle_minutes", "must be in (0, 1440]")

@@ -1,6 +1,6 @@
 """Who may use the console: the password, the sessions it opens, and the limit on guessing it.
 
-The password is stored as an scrypt hash (``malpi web password``), never in
+The password is stored as an scrypt hash (``malpi web --set-password``), never in
 clear. A login opens a session: a random token in an HttpOnly, SameSite=Strict
 cookie, with a CSRF token of its own that every state-changing request must
 echo in a header. Sessions end after ``web.session_hours``, after
@@ -85,12 +85,12 @@ def read_password_file(path: Path) -> str:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         raise PasswordError(
-            f"no password set: {path} does not exist (set one with: malpi web password)"
+            f"no password set: {path} does not exist (set one with: malpi web --set-password)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PasswordError(f"{path}: cannot be read ({exc})") from None
     if not text.startswith("scrypt$") or text.strip().count("$") != 5:
-        raise PasswordError(f"{path}: not a password hash written by malpi web password")
+        raise PasswordError(f"{path}: not a password hash written by malpi web --set-password")
     return text.strip()
 
 
