@@ -1,4 +1,4 @@
-"""``malpi bench loop | link | stress | ipc``: the daemon measured as it runs, and what it rests on."""
+"""``malpi bench loop | link | stress | ipc | web``: the daemon measured as it runs, and what it rests on."""
 
 from __future__ import annotations
 
@@ -65,6 +65,23 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench_ipc)
 
+    b = bench.add_parser(
+        "web",
+        help="the browser console: video and control latency in headless Chromium (3 pages "
+        "watching, 1 driving), missed periods; quiet and with a CPU hog",
+    )
+    b.add_argument("--seconds", type=float, default=60.0, help="how long each condition lasts")
+    b.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    b.add_argument(
+        "--condition",
+        choices=("quiet", "busy", "both"),
+        default="both",
+        help="quiet, beside a CPU hog (busy), or both side by side (default)",
+    )
+    b.add_argument("--hogs", type=int, default=1, help="CPU hogs when busy (default 1)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_web)
+
 
 def _busy(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -126,3 +143,17 @@ def cmd_bench_ipc(args: argparse.Namespace) -> int:
 
     ipc.run(messages=args.messages, paced=args.paced, rate_hz=args.rate, json_path=args.json)
     return 0
+
+
+def cmd_bench_web(args: argparse.Namespace) -> int:
+    from malpi.bench import web
+
+    conditions = web.CONDITIONS if args.condition == "both" else (args.condition,)
+    result = web.run(
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        json_path=args.json,
+        conditions=conditions,
+        busy=args.hogs,
+    )
+    return 0 if result["targets_met"] else 1
