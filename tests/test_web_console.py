@@ -263,3 +263,20 @@ def test_a_page_that_goes_stops_the_car_at_once(tmp_path):
             assert took < 1.0
         finally:
             http.close()
+
+
+def test_logging_out_ends_the_pages_live_socket(console):
+    http = Http(console)
+    try:
+        http.login()
+        ws = ws_session(console, http)
+        receive(console, ws, 0.3)
+        other = Http(console)
+        other.session.cookie_jar.update_cookies({c.key: c.value for c in http.session.cookie_jar})
+        other.csrf = http.csrf
+        assert other.post("/api/logout")[0] == 200  # the same session, from elsewhere
+        other.close()
+        receive(console, ws, 1.5)
+        assert ws.closed and ws.close_code == 4001
+    finally:
+        http.close()

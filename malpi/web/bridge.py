@@ -179,17 +179,19 @@ class Bridge:
         self._thread.start()
 
     def _listen(self) -> None:
-        sub = self.connect(timeout=2.0)
-        try:
-            sub.subscribe()
-            while not self._stop.is_set():
-                got = sub.receive(0.2)
-                if got is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._fan_out, *got)
-        except Exception:  # noqa: BLE001 - the console says "link lost"; the log says why
-            log.exception("telemetry reader failed")
-        finally:
-            sub.close()
+        while not self._stop.is_set():
+            sub = self.connect(timeout=2.0)
+            try:
+                sub.subscribe()
+                while not self._stop.is_set():
+                    got = sub.receive(0.2)
+                    if got is not None and self._loop is not None:
+                        self._loop.call_soon_threadsafe(self._fan_out, *got)
+            except Exception:  # noqa: BLE001 - pages say "link lost" meanwhile; the log says why
+                log.exception("telemetry reader failed; reconnecting")
+                self._stop.wait(1.0)
+            finally:
+                sub.close()
 
     def _fan_out(self, topic: str, msg: Any) -> None:
         self.last_telemetry = time.monotonic()

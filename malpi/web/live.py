@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import struct
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -49,16 +50,20 @@ async def live(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     token = request.cookies.get(COOKIE)
     needs_session = request.app[SETTINGS].login
+
+    def allowed() -> bool:  # a session that ends (logout, expiry) ends its sockets too
+        return not needs_session or request.app[SESSIONS].get(token) is not None
+
     feed = Feed()
     bridge.feeds.add(feed)
-    sender = asyncio.create_task(_send(ws, feed, bridge))
+    sender = asyncio.create_task(_send(ws, feed, bridge, allowed))
     driver = None
     last_answer = None
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            if needs_session and request.app[SESSIONS].get(token) is None:
+            if not allowed():
                 await ws.close(code=4001, message=b"session ended")
                 break
             try:
@@ -98,15 +103,21 @@ def _answer(reply: object) -> dict | None:
     return {"accepted": reply.accepted, "mode": reply.mode, "reason": reply.reason}
 
 
-async def _send(ws: web.WebSocketResponse, feed: Feed, bridge: Bridge) -> None:
+async def _send(ws: web.WebSocketResponse, feed: Feed, bridge: Bridge, allowed) -> None:
     if bridge.last_status is not None:
         feed.put("status", bridge.last_status)
+    checked = time.monotonic()
     try:
         while not ws.closed:
             try:
                 messages, frame = await asyncio.wait_for(feed.take(), LINK_EVERY)
             except TimeoutError:
                 messages, frame = [], None
+            if time.monotonic() - checked > LINK_EVERY:
+                checked = time.monotonic()
+                if not allowed():
+                    await ws.close(code=4001, message=b"session ended")
+                    return
             messages.append({"topic": "link", "live": bridge.live})
             try:
                 text = json.dumps(messages, allow_nan=False)
