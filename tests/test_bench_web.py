@@ -61,3 +61,22 @@ def test_bench_web_smoke(tmp_path):
     cpu = m["control_cpu_ms_per_period"]
     assert cpu["median"] is None or 0 <= cpu["median"] <= cpu["p99"]
     assert "video latency p50 / p99 ms" in done.stdout and "control latency" in done.stdout
+
+
+def test_presses_are_matched_to_the_first_motor_command_that_carries_them_out():
+    from malpi.bench.web import match_presses
+
+    steps = [(t / 100, a) for t, a in enumerate([None] * 10 + [2] * 10 + [1] * 10 + [None] * 10)]
+    # motors: stopped until 0.10 s, straight (2) from 0.10, left (1) from 0.20, stopped from 0.30.
+    # Straight asked at 0.08 and left at 0.165 are matched; hard left (0) at 0.25 never reached
+    # the motors before the next press (lost); the stop at 0.27 reached them at 0.30; a stop
+    # asked at 0.35 found them stopped already.
+    presses = [(0.08, 2), (0.165, 1), (0.25, 0), (0.27, None), (0.35, None)]
+    got = match_presses(presses, steps)
+    assert got["latencies_ms"] == [20.0, 35.0, 30.0]
+    assert (got["presses"], got["matched"], got["lost"], got["already_on_the_motors"]) == (
+        5,
+        3,
+        1,
+        1,
+    )

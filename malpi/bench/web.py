@@ -456,7 +456,8 @@ def format_table(r: dict[str, Any]) -> str:
         ("console process CPU % of a core", lambda m: f(m["console_cpu_pct"]), ""),
     ]  # fmt: skip
     for label, cell, target in rows:
-        lines.append(f"{label:<40}" + "".join(f"{cell(r[c]):>22}" for c in conds) + f"{target:>10}")
+        row = f"{label:<40}" + "".join(f"{cell(r[c]):>22}" for c in conds) + f"{target:>10}"
+        lines.append(row.rstrip())
     lines += [
         "video: the frame's capture (the daemon's clock) to the page having decoded it, all "
         f"{WATCHING + 1} pages",
