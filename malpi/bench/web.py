@@ -136,9 +136,11 @@ def measure(daemon, telemetry, console, browser, seconds: float) -> dict[str, An
         before = c.status()
     web0 = cpu_seconds(console.proc.pid)
     browser.reset()
+    machine0, own0 = machine_cpu(), own_cpu()
     t0 = time.time()
     browser.drive(seconds)
     t1 = time.time()
+    machine1, own1 = machine_cpu(), own_cpu()
     time.sleep(0.3)  # the last release's step
     web1 = cpu_seconds(console.proc.pid)
     with daemon.client() as c:
@@ -170,6 +172,12 @@ def measure(daemon, telemetry, console, browser, seconds: float) -> dict[str, An
         "periods": after.periods - before.periods,
         "missed_periods": after.missed_periods - before.missed_periods,
         "control_cpu_ms_per_period": {"median": pct(cpu, 50), "p99": pct(cpu, 99)},
+        # What else ran on the machine meanwhile (it may be shared): all its cores' busy time
+        # and this benchmark's part of it (every process it started, the hog included), in % of
+        # one core, and the load average at the end.
+        "machine_cpu_pct": round((machine1 - machine0) / (t1 - t0) * 100, 1),
+        "benchmark_cpu_pct": round((own1 - own0) / (t1 - t0) * 100, 1),
+        "load_average": round(os.getloadavg()[0], 2),
         "console_cpu_pct": (
             round((web1 - web0) / (t1 - t0) * 100, 1) if None not in (web0, web1) else None
         ),
@@ -215,6 +223,28 @@ def match_presses(
         "already_on_the_motors": already,
         "latencies_ms": latencies,
     }
+
+
+def machine_cpu() -> float:
+    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds used so far by this process and every process it started, theirs too."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += cpu_seconds(pid) or 0.0
+        todo += children.get(pid, [])
+    return total
 
 
 class Telemetry:
@@ -454,6 +484,9 @@ def format_table(r: dict[str, Any]) -> str:
         ("control CPU ms/period median / p99", lambda m: f"{f(m['control_cpu_ms_per_period']['median'])}"
          f" / {f(m['control_cpu_ms_per_period']['p99'])}", ""),
         ("console process CPU % of a core", lambda m: f(m["console_cpu_pct"]), ""),
+        ("machine CPU % of a core (this bench's)", lambda m: f"{f(m['machine_cpu_pct'])} "
+         f"({f(m['benchmark_cpu_pct'])})", ""),
+        ("load average at the end", lambda m: f"{m['load_average']:.2f}", ""),
     ]  # fmt: skip
     for label, cell, target in rows:
         row = f"{label:<40}" + "".join(f"{cell(r[c]):>22}" for c in conds) + f"{target:>10}"
