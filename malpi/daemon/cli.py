@@ -62,9 +62,15 @@ def register(commands, bench) -> None:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
+    from malpi.calibration import apply_overlay, overlay_path
     from malpi.config import to_toml
 
-    sys.stdout.write(to_toml(config_from_args(args)))
+    config = config_from_args(args)
+    overlay = overlay_path(config)
+    config, calibrated = apply_overlay(config, overlay)  # as malpi drive boots it
+    if calibrated:
+        sys.stdout.write(f"# with the calibration kept in {overlay}: {', '.join(calibrated)}\n")
+    sys.stdout.write(to_toml(config))
     return 0
 
 

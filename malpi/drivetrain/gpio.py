@@ -131,6 +131,26 @@ class DifferentialDrive(GuardedDrivetrain):
             ", ".join(f"{k}={v}" for k, v in pins.items() if v is not None),
         )
 
+    def calibrate(
+        self,
+        *,
+        min_speed: float | None = None,
+        max_speed: float | None = None,
+        steering_trim: float | None = None,
+    ) -> None:
+        """Change the running drivetrain's calibration (the link's set_calibration); the next
+        command uses it. Checked as the constructor checks it; nothing changes on an error."""
+        lo = self.min_speed if min_speed is None else min_speed
+        hi = self.max_speed if max_speed is None else max_speed
+        trim = self.steering_trim if steering_trim is None else steering_trim
+        _check_number("max_speed", hi, 0.0, 1.0, low_open=True)
+        _check_number("min_speed", lo, 0.0, 1.0)
+        if lo >= hi:
+            raise ValueError(f"min_speed ({lo}) must be below max_speed ({hi})")
+        _check_number("steering_trim", trim, -1.0, 1.0)
+        with self._lock:
+            self.min_speed, self.max_speed, self.steering_trim = float(lo), float(hi), float(trim)
+
     def speeds(self, command: MotorCommand) -> tuple[float, float]:
         """The calibrated (left, right) motor values this command produces, each in [-1, 1]."""
         left, right = command.clamped().mixed()

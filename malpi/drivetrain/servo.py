@@ -131,6 +131,7 @@ class ServoDrive(GuardedDrivetrain):
                 pin_factory=pin_factory,
             )
 
+        self._make, self._steering_pin = make, steering_pin  # calibrate() remakes the servo
         self._steering_servo = make(steering_pin, self.steering)
         try:
             self._throttle_servo = make(throttle_pin, self.throttle)
@@ -148,6 +149,48 @@ class ServoDrive(GuardedDrivetrain):
             self.throttle.center_us,
             self.throttle.max_us,
         )
+
+    def calibrate(
+        self,
+        *,
+        steering_min_us: float | None = None,
+        steering_center_us: float | None = None,
+        steering_max_us: float | None = None,
+        throttle_neutral_us: float | None = None,
+        max_speed: float | None = None,
+    ) -> None:
+        """Change the running drivetrain's calibration (the link's set_calibration); the next
+        command uses it. A new steering range remakes the steering servo's output (its pulse
+        range is fixed when it is made); the outputs are left centred and at neutral."""
+        s, t = self.steering, self.throttle
+        steering = PulseMap(
+            "steering",
+            s.min_us if steering_min_us is None else steering_min_us,
+            s.center_us if steering_center_us is None else steering_center_us,
+            s.max_us if steering_max_us is None else steering_max_us,
+            s.reversed,
+        )
+        throttle = PulseMap(
+            "throttle",
+            t.min_us,
+            t.center_us if throttle_neutral_us is None else throttle_neutral_us,
+            t.max_us,
+            t.reversed,
+        )
+        speed = self.max_speed if max_speed is None else max_speed
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.0 < speed <= 1.0:
+            raise ValueError(f"max_speed={speed!r} is outside (0, 1]")
+        if steering.max_us >= self.frame_us:
+            raise ValueError(
+                f"pulses up to {steering.max_us} us do not fit a {self.frame_us} us frame"
+            )
+        with self._lock:
+            if (steering.min_us, steering.max_us) != (s.min_us, s.max_us) and not self._closed:
+                self._steering_servo.close()
+                self._steering_servo = self._make(self._steering_pin, steering)
+            self.steering, self.throttle, self.max_speed = steering, throttle, float(speed)
+            if not self._closed:
+                self._write_stop()
 
     def pulses_us(self, command: MotorCommand) -> tuple[float, float]:
         """The (steering, throttle) pulse widths in microseconds this command produces."""

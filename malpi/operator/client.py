@@ -223,6 +223,32 @@ class RobotClient:
             max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
         )
 
+    # -- calibration: malpi setup's motor test and calibration, on the running car -------
+
+    def calibration(self) -> schema.CalibrationReply:
+        """What can be tested and adjusted, and the values now."""
+        return self.request(schema.GetCalibration(v=schema.PROTOCOL_VERSION))
+
+    def motor_test(
+        self, output: str, power: float = 0.3, seconds: float = 1.0
+    ) -> schema.MotorTestReply:
+        """Run one output (paused only; wheels off the ground unless it is on_floor); the reply
+        comes when it has ended."""
+        return self.request(
+            schema.MotorTest(
+                v=schema.PROTOCOL_VERSION, output=output, power=power, seconds=seconds
+            ),
+            # The test's own time, and longer than the robot's limit so that its reply comes first.
+            max(self.timeout, seconds) + 6.0,
+        )
+
+    def set_calibration(self, key: str, value: float) -> schema.SetCalibrationReply:
+        """Change one calibration value (paused only): in force at once, kept for the next boot."""
+        return self.request(
+            schema.SetCalibration(v=schema.PROTOCOL_VERSION, key=key, value=value),
+            max(self.timeout, 6.0),
+        )
+
     # -- telemetry -------------------------------------------------------------------
 
     def subscribe(self, topics: Iterable[str] = schema.TOPICS) -> None:

@@ -144,6 +144,33 @@ class GetEpisode(Request, tag="get_episode"):
     max_steps: Annotated[int, Meta(ge=1, le=MAX_CHUNK_STEPS)] = 256
 
 
+# -- calibration: the motor test and calibration of ``malpi setup``, on the running car ------
+# (docs/protocol.md, "Calibration"). Only in paused mode; the control loop runs a test as a
+# bounded, timed command and stops it on any mode change, drive command, fault or stop.
+
+MAX_TEST_POWER = 0.5  # of full throttle (malpi.setup.outputs.MAX_POWER): a test, not a drive
+MAX_TEST_SECONDS = 3.0  # malpi.setup.outputs.MAX_SECONDS
+CalibrationKey = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class GetCalibration(Request, tag="calibration"):
+    """What can be tested and adjusted on this robot, and the values now."""
+
+
+class MotorTest(Request, tag="motor_test"):
+    output: Annotated[str, Meta(min_length=1, max_length=64)]  # a name from ``calibration``
+    power: Annotated[float, Meta(gt=0.0, le=MAX_TEST_POWER)] = 0.3
+    seconds: Annotated[float, Meta(gt=0.0, le=MAX_TEST_SECONDS)] = 1.0
+
+
+class SetCalibration(Request, tag="set_calibration"):
+    key: CalibrationKey  # one of ``calibration``'s adjustments
+    value: float  # checked by the configuration's own validation
+
+
+CALIBRATION_TYPES = (GetCalibration, MotorTest, SetCalibration)
+
+
 REQUEST_TYPES = (
     Ping,
     GetStatus,
@@ -157,6 +184,7 @@ REQUEST_TYPES = (
     KeepPolicy,
     ListEpisodes,
     GetEpisode,
+    *CALIBRATION_TYPES,
 )
 AnyRequest = (
     Ping
@@ -171,6 +199,9 @@ AnyRequest = (
     | KeepPolicy
     | ListEpisodes
     | GetEpisode
+    | GetCalibration
+    | MotorTest
+    | SetCalibration
 )
 REQUEST_TAGS = tuple(t.__struct_config__.tag for t in REQUEST_TYPES)
 
@@ -321,6 +352,52 @@ class EpisodeChunk(Reply, tag="get_episode"):
     next_step: int | None  # ``from_step`` for the rest; nil: no more steps
 
 
+class Adjustment(Struct, kw_only=True):
+    key: str  # the configuration key, e.g. "drivetrain.differential.min_speed"
+    value: float  # now
+    step: float  # one press of - or + (malpi setup's arrow keys)
+    low: float  # the range set_calibration accepts
+    high: float
+    help: str  # what to adjust it for
+
+
+class TestOutput(Struct, kw_only=True):
+    name: str  # motor_test's ``output``
+    question: str  # what to check while (or after) it runs
+    on_floor: bool  # the car drives on the floor (the trim trial); else: wheels off the ground
+    adjusts: str | None  # the adjustment whose effect it shows, if any
+    seconds: float  # the suggested run time (malpi setup's)
+    uses_power: bool  # motor_test's ``power`` matters (else the command is fixed)
+
+
+class CalibrationReply(Reply, tag="calibration"):
+    backend: str  # the drivetrain: differential, servo or sim
+    adjustments: list[Adjustment]  # in malpi setup's order
+    outputs: list[TestOutput]
+    max_power: float
+    max_seconds: float
+    file: str  # where set_calibration keeps values for the next boot
+    testing: str | None = None  # the output a motor test runs now
+
+
+class MotorTestReply(Reply, tag="motor_test"):
+    output: str
+    power: float
+    seconds: float  # asked for
+    ran_s: float  # how long the outputs ran
+    completed: bool  # ran its whole time; False: stopped early (``stopped_by`` says why)
+    stopped_by: str | None = None  # e.g. "mode changed to manual", "drive command", "fault ..."
+
+
+class SetCalibrationReply(Reply, tag="set_calibration"):
+    key: str
+    value: float  # now in force on the drivetrain
+    previous: float
+    persisted: bool  # the next boot uses it (written to ``file``)
+    file: str
+    note: str | None = None  # why it is not persisted
+
+
 class ErrorReply(Reply, tag="error"):
     code: ErrorCode
     message: str
@@ -340,6 +417,9 @@ AnyReply = (
     | KeepReply
     | EpisodeList
     | EpisodeChunk
+    | CalibrationReply
+    | MotorTestReply
+    | SetCalibrationReply
     | ErrorReply
 )
 
@@ -545,6 +625,10 @@ def decode_request(data: bytes | memoryview) -> AnyRequest:
             "too_large",
             f"a bundle of {len(request.bundle)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES}",
             request.id,
+        )
+    if isinstance(request, SetCalibration) and not math.isfinite(request.value):
+        raise ProtocolError(
+            "invalid", "set_calibration: value must be finite - at `$.value`", request.id
         )
     reward = getattr(request, "final_reward", None)
     if reward is not None and not math.isfinite(reward):

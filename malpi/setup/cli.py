@@ -119,6 +119,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         settings[key] = int(raw) if raw.lstrip("-").isdigit() else raw
     settings.update(set_overrides(args.set))
     setup = Setup(_terminal(args.yes), base, settings, power=args.power, seconds=args.seconds)
+    overlay, kept = _calibration_kept(setup)
     config = run(
         setup,
         motors=not args.no_motors,
@@ -131,6 +132,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         return 1
     write_config(config, out)
     print(f"wrote {out}")
+    if kept:
+        _remove_overlay(overlay, out)
     if args.service:
         print("next: sudo systemctl enable --now malpi   (journalctl -u malpi -f shows it)")
     elif find_config() == out:
@@ -138,6 +141,34 @@ def cmd_setup(args: argparse.Namespace) -> int:
     else:
         print(f"next: malpi drive --config {out}")
     return 0
+
+
+def _calibration_kept(setup) -> tuple[Path, dict]:
+    """The calibration the daemon kept from the console (malpi.calibration): the starting point
+    of the values the flags do not set, as it is what the car drives with now."""
+    from malpi.calibration import overlay_path, read_overlay
+
+    overlay = overlay_path(setup.config())
+    kept = read_overlay(overlay)
+    for key, value in kept.items():
+        if key not in setup.settings and not setup.set(key, value):
+            setup.term.say(f"  {overlay}: {key} = {value} left out")
+    if kept:
+        setup.term.say(f"Starting from the calibration set from the console ({overlay}).")
+    return overlay, kept
+
+
+def _remove_overlay(overlay: Path, out: Path) -> None:
+    """The written configuration holds the console's calibration now: the overlay would only
+    override later changes to it."""
+    try:
+        overlay.unlink()
+        print(f"removed {overlay}: its calibration is in {out} now")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        print(f"note: {overlay} could not be removed ({exc.strerror}): the daemon applies it over "
+              f"{out} at boot; remove it (sudo rm {overlay})", file=sys.stderr)  # fmt: skip
 
 
 def cmd_motors(args: argparse.Namespace) -> int:

@@ -98,6 +98,15 @@ def adjustments(config: Config, power: float) -> list[Adjustment]:
     ]  # fmt: skip
 
 
+TRIM_SECONDS = min(1.5, MAX_SECONDS)
+
+
+def trim_adjustment(power: float) -> Adjustment:
+    """The differential steering trim, tried on the floor: straight ahead at ``power``."""
+    return Adjustment("drivetrain.differential.steering_trim", "(right: it pulls left)", 0.02,
+                      -0.5, 0.5, ("left", "right"), MotorCommand(0.0, power), TRIM_SECONDS)  # fmt: skip
+
+
 class Setup:
     """The steps, on a configuration built up as dotted keys over ``base`` (a file or None)."""
 
@@ -233,7 +242,7 @@ class Setup:
 
     def trim(self) -> None:
         """Steering trim: only on the floor, where the car can show whether it runs straight."""
-        seconds = min(1.5, MAX_SECONDS)
+        seconds = TRIM_SECONDS
         self.term.say(
             f"Steering trim: each press of left/right runs the car straight ahead for {seconds} s "
             f"at {self.power:.0%} power; trim until it keeps a straight line."
@@ -241,10 +250,7 @@ class Setup:
         if not self.term.confirm("Is the car on the floor with 2 m clear ahead?", default=False):
             self.term.say("  steering trim skipped")
             return
-        key = "drivetrain.differential.steering_trim"
-        forward = MotorCommand(0.0, self.power)
-        self.adjust(Adjustment(key, "(right: it pulls left)", 0.02, -0.5, 0.5, ("left", "right"),
-                               forward, seconds))  # fmt: skip
+        self.adjust(trim_adjustment(self.power))
 
     def adjust(self, a: Adjustment) -> None:
         value = kept = self.value(a.key)

@@ -19,10 +19,12 @@ from typing import Any
 import zmq
 
 from malpi.actions import ActionTable
+from malpi.calibration import apply_overlay, overlay_path
 from malpi.camera.base import Camera
 from malpi.camera.factory import camera_from_config
 from malpi.config import Config
 from malpi.daemon import ipc
+from malpi.daemon.control.calibrate import Calibrator
 from malpi.daemon.control.children import ChildProcess, Supervisor
 from malpi.daemon.control.loader import PolicyLoader
 from malpi.daemon.control.loop import ControlLoop, LoopSettings
@@ -169,6 +171,15 @@ def build_robot(
     """Build every part and start the child processes (on ``child_cpus``, if given); on any
     failure close what was built."""
     closers: list = []
+    # The calibration kept over the link (malpi.calibration): before anything uses the values.
+    overlay = overlay_path(config)
+    config, calibrated = apply_overlay(config, overlay)
+    if calibrated:
+        log.info(
+            "calibration from %s: %s",
+            overlay,
+            ", ".join(f"{k} = {v}" for k, v in calibrated.items()),
+        )
     try:
         ratio = config.camera.fps / config.loop.rate_hz
         if config.loop.trigger == "frame" and abs(ratio - round(ratio)) > 0.01:
@@ -252,6 +263,8 @@ def build_robot(
             loop.period_ended,
         )
         closers.append(loop.loader.close)
+        loop.calibrator = Calibrator(config, overlay, drivetrain, telemetry)
+        closers.append(loop.calibrator.close)
         supervisor = Supervisor(children, loop.child_failed, lambda: loop.listening_since)
         closers.append(supervisor.stop_all)
         supervisor.start_all()

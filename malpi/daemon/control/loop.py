@@ -35,10 +35,12 @@ from typing import Any
 from malpi.actions import NO_ACTION, ActionTable
 from malpi.camera.base import Camera
 from malpi.daemon import ipc
+from malpi.daemon.control.calibrate import COMMANDS as CALIBRATE_COMMANDS
+from malpi.daemon.control.calibrate import CalibrationError, Calibrator
 from malpi.daemon.control.loader import PolicyLoader
 from malpi.daemon.control.notify import Notifier
 from malpi.daemon.control.ports import LinkPort
-from malpi.daemon.control.safety import Faults
+from malpi.daemon.control.safety import LATCHED, Faults
 from malpi.daemon.control.telemetry import Telemetry
 from malpi.drivetrain.base import Drivetrain
 from malpi.policy.runtime import StepPolicy
@@ -128,6 +130,8 @@ class ControlLoop:
         # work at the beginning of the loop's idle time rather than just before a period.
         self.period_ended = threading.Event()
         self.loader = loader
+        # The motor test and calibration (malpi.daemon.control.calibrate), set by build_robot.
+        self.calibrator: Calibrator | None = None
         self.telemetry = telemetry or Telemetry()
         self.notifier = notifier or Notifier({})
         self.config = config or {}
@@ -374,11 +378,16 @@ class ControlLoop:
         elif source is not None:
             action = operator.action
 
-        # 5. Actuate.
-        if action is None:
-            self.drivetrain.stop()
-        else:
+        # 5. Actuate. Paused, a motor test (calibrate) may drive the outputs: never recorded.
+        test = None
+        if action is None and self.calibrator is not None and self.mode is Mode.PAUSED:
+            test = self.calibrator.command(t_frame, self._drove_since)
+        if action is not None:
             self.drivetrain.apply(self.actions.command(action))
+        elif test is not None:
+            self.drivetrain.apply(test)
+        else:
+            self.drivetrain.stop()
         t_act = time.monotonic()
 
         # 6. Record (a hand-off to the recorder process; never blocks).
@@ -423,7 +432,7 @@ class ControlLoop:
                 "step": self.step_index,
                 "mode": str(self.mode),
                 "action": action,
-                "source": source if action is not None else None,
+                "source": source if action is not None else "test" if test else None,
                 "probs": None if result is None else [round(float(p), 4) for p in result.probs],
                 "value": None if result is None else result.value,
                 "faults": sorted(self.faults.snapshot()),
@@ -526,6 +535,7 @@ class ControlLoop:
     def _fault(self, name: str, reason: str) -> None:
         if self.faults.raise_(name, reason):
             self.drivetrain.stop()
+            self._end_test(f"fault {name}: {reason}")
             if self.mode is not Mode.PAUSED:
                 self.telemetry.event("safety_stop", reason, logging.WARNING, fault=name)
 
@@ -535,6 +545,7 @@ class ControlLoop:
 
     def _latch(self, name: str, reason: str) -> None:
         self.drivetrain.stop()
+        self._end_test(f"fault {name}: {reason}")
         if self.faults.raise_(name, reason):
             self.telemetry.event(
                 "safety_stop",
@@ -606,6 +617,7 @@ class ControlLoop:
     # -- commands (on the loop thread) --------------------------------------------
 
     def _set_mode(self, mode: Mode) -> dict[str, Any]:
+        self._end_test(f"mode set to {mode}")
         rearmed = self.faults.rearm()
         old, self.mode = self.mode, mode
         if mode is Mode.PAUSED:
@@ -671,6 +683,9 @@ class ControlLoop:
             if cmd.kind == "swap_policy":
                 self._load_policy(cmd.token, a)
                 return  # answered when the loader is done
+            if cmd.kind in CALIBRATE_COMMANDS:
+                self._calibrate_command(cmd)
+                return  # answered by it (a motor test: when it ends)
             if cmd.kind == "set_mode":
                 result = self._set_mode(Mode(a["mode"]))
             elif cmd.kind == "reset_episode":
@@ -690,6 +705,60 @@ class ControlLoop:
             self.link.reply(cmd.token, code="invalid", message=f"{type(exc).__name__}: {exc}")
         else:
             self.link.reply(cmd.token, result)
+
+    # -- calibrate: the motor test and calibration (malpi.daemon.control.calibrate) -------
+
+    def _calibrate_command(self, cmd: ipc.Command) -> None:
+        token, a = cmd.token, cmd.args
+
+        def reply(result: dict[str, Any] | None, code: str = "", message: str = "") -> None:
+            self.link.reply(token, result, code=code, message=message)
+
+        self._calibrate(cmd.kind, a, reply, lambda *r: self.submit(lambda: reply(*r)))
+
+    def _calibrate(self, kind: str, a: dict[str, Any], reply: Callable, later: Callable) -> None:
+        """Carry out a calibration command; ``reply`` on this thread, ``later`` from another."""
+        cal = self.calibrator
+        try:
+            if cal is None:
+                raise CalibrationError("refused", "this daemon has no calibration")
+            paused = self.mode is Mode.PAUSED
+            if kind == "calibration":
+                reply(cal.read())
+            elif kind == "motor_test":  # answered when it ends
+                latched = [n for n in self.faults.snapshot() if n in LATCHED]
+                power, seconds = float(a["power"]), float(a["seconds"])
+                cal.start_test(str(a["output"]), power, seconds, paused, latched, reply)
+            elif kind == "set_calibration":  # answered once the overlay is written
+                cal.set(str(a["key"]), float(a["value"]), paused, later)
+            else:
+                raise CalibrationError("invalid", f"unknown calibration command {kind!r}")
+        except CalibrationError as exc:
+            reply(None, exc.code, str(exc))
+
+    def calibrate(self, kind: str, **args: Any) -> Future:
+        """In-process: a calibration command (``calibration``, ``motor_test`` with output,
+        power, seconds, ``set_calibration`` with key, value); the Future holds its result dict
+        (a motor test's once it ends) or raises CalibrationError."""
+        future: Future = Future()
+
+        def reply(result: dict[str, Any] | None, code: str = "", message: str = "") -> None:
+            if future.set_running_or_notify_cancel():
+                if code:
+                    future.set_exception(CalibrationError(code, message))
+                else:
+                    future.set_result(result)
+
+        self.submit(lambda: self._calibrate(kind, args, reply, reply))
+        return future
+
+    def _drove_since(self, t: float) -> bool:
+        operator = self._operator
+        return operator is not None and operator.received >= t
+
+    def _end_test(self, why: str) -> None:
+        if self.calibrator is not None:
+            self.calibrator.end_test(why)
 
     def _set_policy_source(self, a: dict[str, Any]) -> dict[str, Any]:
         """The link's word after it changed the policy store (a keep, a rollback): where the
@@ -772,6 +841,7 @@ class ControlLoop:
     def _shutdown(self) -> None:
         self.drivetrain.stop()
         reason = self._stop_reason or "stopped"
+        self._end_test(f"the daemon is stopping ({reason})")
         self.notifier.stopping(f"stopping: {reason}")
         self.telemetry.event(
             "stopped", f"control loop stopped ({reason}); motors stopped", reason=reason

@@ -284,8 +284,24 @@ class LinkServer:
         elif isinstance(req, schema.ListEpisodes | schema.GetEpisode):
             job = self.episodes.submit(req)  # ProtocolError("busy") when too many are waiting
             self._later(envelope, req, job, lambda r: r, schema.EPISODE_TIMEOUT)
+        elif isinstance(req, schema.CALIBRATION_TYPES):
+            self._calibrate(envelope, req)
         else:  # pragma: no cover - every request type is handled above
             raise ProtocolError("unknown_type", f"unhandled request {type(req).__name__}")
+
+    def _calibrate(self, envelope: list[bytes], req: Any) -> None:
+        """calibration, motor_test, set_calibration: carried out by the control loop (a motor
+        test is answered when it ends, so it may take its seconds and a period more)."""
+        call = self.control.call
+        if isinstance(req, schema.GetCalibration):
+            self._later(envelope, req, call("calibration"), _calibration_reply)
+        elif isinstance(req, schema.MotorTest):
+            future = call("motor_test", output=req.output, power=req.power, seconds=req.seconds)
+            reply = lambda r: schema.MotorTestReply(**r)  # noqa: E731
+            self._later(envelope, req, future, reply, schema.MAX_TEST_SECONDS + COMMAND_TIMEOUT)
+        else:
+            future = call("set_calibration", key=req.key, value=req.value)
+            self._later(envelope, req, future, lambda r: schema.SetCalibrationReply(**r))
 
     def _drive(self, envelope: list[bytes], req: schema.Drive) -> None:
         """Accepted at once and forwarded. A stop is never refused; a drive whose sequence
@@ -453,6 +469,16 @@ class LinkServer:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _calibration_reply(r: dict[str, Any]) -> schema.CalibrationReply:
+    return schema.CalibrationReply(
+        **{
+            **r,
+            "adjustments": [schema.Adjustment(**a) for a in r["adjustments"]],
+            "outputs": [schema.TestOutput(**o) for o in r["outputs"]],
+        }
+    )
 
 
 def _split(frames: list) -> tuple[list[bytes], memoryview | None]:
