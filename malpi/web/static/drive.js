@@ -152,8 +152,7 @@ function onStep(m) {
     rate: lat.period ? 1000 / lat.period : null,
     value: m.value ?? null,
   });
-  drawOverlay();
-  drawProbs(m);
+  scheduleDraw();
 }
 
 function onStatus(m) {
@@ -163,46 +162,79 @@ function onStatus(m) {
   for (const b of ui.modes) b.setAttribute("aria-pressed", String(b.dataset.mode === m.mode));
   ui.record.setAttribute("aria-pressed", String(Boolean(m.recording)));
   ui.record.textContent = m.recording ? "Recording" : "Record";
-  drawOverlay();
+  scheduleDraw();
 }
 
 // -- overlay ---------------------------------------------------------------------------
 
+// Steps come 20-50 times a second: the overlay is drawn at most once per displayed frame, by
+// changing the text of elements made once (a phone's browser, or four pages on one core,
+// would spend its time rebuilding them otherwise).
+let drawPending = false;
+function scheduleDraw() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => {
+    drawPending = false;
+    drawOverlay();
+    drawProbs(lastStep || {});
+  });
+}
+
+function put(el, text, className) {
+  if (el.textContent !== text) el.textContent = text;
+  if (className !== undefined && el.className !== className) el.className = className;
+}
+
 function drawOverlay() {
+  if (!ui.facts) {
+    ui.facts = ["badge", "badge rec", "fact", "fact", "fact"].map((c) => h("span", { class: c }));
+    ui.overlay.append(...ui.facts);
+  }
+  const [badge, rec, where, policy, rates] = ui.facts;
   const s = status || {};
   const m = lastStep || {};
   const mode = m.mode || s.mode || "?";
   const lat = m.latency_ms || {};
   const faults = m.faults || Object.keys(s.faults || {});
-  ui.overlay.replaceChildren(...[
-    h("span", { class: `badge mode-${mode}` }, mode),
-    s.recording ? h("span", { class: "badge rec" }, "● REC") : null,
-    h("span", { class: "fact" }, `episode ${m.episode ?? s.episode ?? "?"} · step ${m.step ?? s.step ?? "?"}`),
-    h("span", { class: "fact" }, `policy ${s.policy_version ?? "none"}` +
-      (s.boot_policy_version && s.boot_policy_version !== s.policy_version
-        ? ` (boots ${s.boot_policy_version})` : "")),
-    h("span", { class: "fact" }, `${(s.rate_hz ?? 0).toFixed(1)} Hz · missed ${s.missed_periods ?? 0}` +
-      (lat.inference != null ? ` · inference ${lat.inference.toFixed(1)} ms` : "") +
-      (lat.frame_to_motor != null ? ` · frame→motor ${lat.frame_to_motor.toFixed(1)} ms` : "")),
-  ].filter(Boolean));
+  put(badge, mode, `badge mode-${mode}`);
+  rec.hidden = !s.recording;
+  put(rec, "● REC");
+  put(where, `episode ${m.episode ?? s.episode ?? "?"} · step ${m.step ?? s.step ?? "?"}`);
+  put(policy, `policy ${s.policy_version ?? "none"}` +
+    (s.boot_policy_version && s.boot_policy_version !== s.policy_version
+      ? ` (boots ${s.boot_policy_version})` : ""));
+  put(rates, `${(s.rate_hz ?? 0).toFixed(1)} Hz · missed ${s.missed_periods ?? 0}` +
+    (lat.inference != null ? ` · inference ${lat.inference.toFixed(1)} ms` : "") +
+    (lat.frame_to_motor != null ? ` · frame→motor ${lat.frame_to_motor.toFixed(1)} ms` : ""));
   ui.banner.hidden = faults.length === 0;
-  ui.banner.textContent = faults.length ? `STOPPED: ${faults.join(", ")}` : "";
+  put(ui.banner, faults.length ? `STOPPED: ${faults.join(", ")}` : "");
 }
 
 function drawProbs(m) {
+  if (!ui.rows || ui.rows.length !== actions.length) {
+    ui.rows = actions.map(() => {
+      const row = { bar: h("span", { class: "bar" }), label: h("span", { class: "label" }) };
+      row.el = h("div", { class: "prob" }, row.bar, row.label);
+      return row;
+    });
+    ui.probs.replaceChildren(...ui.rows.map((r) => r.el));
+  }
   const probs = m.probs || [];
-  ui.probs.replaceChildren(...actions.map((a, i) => {
-    const p = probs[i] ?? 0;
+  actions.forEach((a, i) => {
+    const row = ui.rows[i];
     const taken = i === m.action;
-    const bar = h("span", { class: "bar" });
-    bar.style.width = `${Math.round(p * 100)}%`;  // CSSOM: the page's CSP allows no inline styles
-    return h("div", { class: taken ? "prob taken" : "prob" },
-      bar, h("span", { class: "label" }, `${a.name}${taken ? ` ← ${m.source}` : ""}`));
-  }));
+    row.bar.style.width = `${Math.round((probs[i] ?? 0) * 100)}%`;  // CSSOM: CSP allows no inline styles
+    put(row.label, `${a.name}${taken ? ` ← ${m.source}` : ""}`);
+    row.el.className = taken ? "prob taken" : "prob";
+  });
 }
 
 function note(text) {
-  ui.events.prepend(h("div", {}, `${new Date().toLocaleTimeString()} ${text}`));
+  const t = new Date();
+  const clock = [t.getHours(), t.getMinutes(), t.getSeconds()]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  ui.events.prepend(h("div", {}, `${clock} ${text}`));
   while (ui.events.childElementCount > 5) ui.events.lastChild.remove();
 }
 
