@@ -31,7 +31,7 @@ window.malpiStats = { videoMs: [], frames: 0, drives: 0 };
 
 export function mount(el, theApi) {
   api = theApi;
-  ui.canvas = h("canvas", { id: "video", width: 640, height: 480, "aria-label": "camera" });
+  ui.canvas = h("canvas", { id: "video", width: 160, height: 120, "aria-label": "camera" });
   ui.overlay = h("div", { class: "overlay" });
   ui.banner = h("div", { class: "banner", role: "alert", hidden: true });
   ui.probs = h("div", { class: "probs", "aria-label": "action probabilities" });
@@ -127,8 +127,14 @@ async function onFrame(buffer) {
   stats.videoMs.push(Date.now() - head.t * 1000);
   if (stats.videoMs.length > 2000) stats.videoMs.shift();
   stats.frames += 1;
+  // Drawn at the camera's own size; the page scales it up (far less work for the browser
+  // than drawing every frame at the window's size).
   const c = ui.canvas;
-  c.getContext("2d").drawImage(image, 0, 0, c.width, c.height);
+  if (c.width !== image.width || c.height !== image.height) {
+    c.width = image.width;
+    c.height = image.height;
+  }
+  c.getContext("2d").drawImage(image, 0, 0);
   image.close();
 }
 
