@@ -56,7 +56,10 @@ def test_calibration_says_what_can_be_tested_and_adjusted(daemon, tmp_path):
     assert list(outputs) == ["left wheel", "right wheel", "min speed", "straight ahead"]
     assert outputs["left wheel"].question == "Did the LEFT wheel turn FORWARD?"
     assert not outputs["left wheel"].on_floor and outputs["left wheel"].uses_power
-    assert outputs["straight ahead"].on_floor and outputs["straight ahead"].adjusts == D + "steering_trim"
+    assert (
+        outputs["straight ahead"].on_floor
+        and outputs["straight ahead"].adjusts == D + "steering_trim"
+    )
     assert outputs["min speed"].adjusts == D + "min_speed" and not outputs["min speed"].uses_power
 
 
@@ -127,7 +130,11 @@ def test_a_mode_change_or_a_drive_command_stops_a_test_at_once(daemon, how):
         box["thread"].join(5)
     reply = box["result"]
     assert not reply.completed and reply.ran_s < 2.0 and took < 0.5
-    expected = {"mode": "mode set to manual", "stop": "mode set to paused", "drive": "drive command"}
+    expected = {
+        "mode": "mode set to manual",
+        "stop": "mode set to paused",
+        "drive": "drive command",
+    }
     assert reply.stopped_by == expected[how]
     assert time.monotonic() - t0 < 1.0
 
@@ -210,7 +217,11 @@ def test_a_calibration_value_applies_at_once_and_survives_a_restart(tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        (D + "min_speed", 1e308, r"min_speed: 1e\+308 is outside the calibration's range \[0, 0.5\]"),
+        (
+            D + "min_speed",
+            1e308,
+            r"min_speed: 1e\+308 is outside the calibration's range \[0, 0.5\]",
+        ),
         (D + "steering_trim", -0.9, r"steering_trim: -0.9 is outside the calibration's range"),
         (D + "max_speed", 0.05, "outside the calibration's range"),
         ("drivetrain.servo.max_speed", 0.5, "is not adjustable here; this robot's: drivetrain.d"),
@@ -316,7 +327,9 @@ def test_a_servo_car_is_calibrated_live(tmp_path):
                        value=1540).result(5)  # fmt: skip
         wait_until(lambda: abs(width(12) - 1540) < 1, 1.0)
         # A new end of the range remakes the servo's output; its trial reaches it.
-        loop.calibrate("set_calibration", key="drivetrain.servo.steering_min_us", value=900).result(5)
+        loop.calibrate("set_calibration", key="drivetrain.servo.steering_min_us", value=900).result(
+            5
+        )
         future = loop.calibrate("motor_test", output="steering min", power=0.1, seconds=0.5)
         wait_until(lambda: abs(width(12) - 900) < 1, 2.0)
         assert future.result(3)["completed"]
@@ -363,16 +376,37 @@ def test_the_calibration_messages_round_trip_and_are_documented():
     replies = [
         schema.CalibrationReply(
             backend="differential",
-            adjustments=[schema.Adjustment(key=D + "min_speed", value=0.1, step=0.02, low=0.0,
-                                           high=0.5, help="h")],  # fmt: skip
-            outputs=[schema.TestOutput(name="left wheel", question="q", on_floor=False,
-                                       adjusts=None, seconds=1.0, uses_power=True)],  # fmt: skip
-            max_power=0.5, max_seconds=3.0, file="/x/calibration.toml", testing="left wheel",
+            adjustments=[
+                schema.Adjustment(
+                    key=D + "min_speed", value=0.1, step=0.02, low=0.0, high=0.5, help="h"
+                )
+            ],  # fmt: skip
+            outputs=[
+                schema.TestOutput(
+                    name="left wheel",
+                    question="q",
+                    on_floor=False,
+                    adjusts=None,
+                    seconds=1.0,
+                    uses_power=True,
+                )
+            ],  # fmt: skip
+            max_power=0.5,
+            max_seconds=3.0,
+            file="/x/calibration.toml",
+            testing="left wheel",
         ),  # fmt: skip
-        schema.MotorTestReply(output="left wheel", power=0.3, seconds=1.0, ran_s=0.4,
-                              completed=False, stopped_by="drive command"),  # fmt: skip
-        schema.SetCalibrationReply(key=D + "min_speed", value=0.2, previous=0.0, persisted=False,
-                                   file="/x", note="n"),  # fmt: skip
+        schema.MotorTestReply(
+            output="left wheel",
+            power=0.3,
+            seconds=1.0,
+            ran_s=0.4,
+            completed=False,
+            stopped_by="drive command",
+        ),  # fmt: skip
+        schema.SetCalibrationReply(
+            key=D + "min_speed", value=0.2, previous=0.0, persisted=False, file="/x", note="n"
+        ),  # fmt: skip
     ]
     for r in replies:
         assert schema.decode_reply(schema.encode(r)) == r
@@ -384,3 +418,15 @@ def test_the_calibration_messages_round_trip_and_are_documented():
     missing = [f"{c.__name__}.{f}" for c in structs for f in c.__struct_fields__
                if f"`{f}`" not in doc]  # fmt: skip
     assert not missing
+
+
+def test_the_python_client_gets_the_robots_refusal_not_a_time_out(daemon):
+    # Its requests put v and id first, so that even an error reply found before decoding the
+    # fields (a bound broken) echoes the request's id.
+    with daemon.client() as c:
+        t0 = time.monotonic()
+        with pytest.raises(RobotError, match=r"invalid: motor_test: Expected `float` <= 0.5"):
+            c.motor_test("left wheel", power=0.9)
+        with pytest.raises(RobotError, match="invalid: set_calibration: value must be finite"):
+            c.set_calibration(D + "min_speed", math.nan)
+        assert time.monotonic() - t0 < 1.0

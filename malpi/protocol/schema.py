@@ -153,17 +153,17 @@ MAX_TEST_SECONDS = 3.0  # malpi.setup.outputs.MAX_SECONDS
 CalibrationKey = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
-class GetCalibration(Request, tag="calibration"):
+class GetCalibration(Request, tag="calibration", kw_only=True):
     """What can be tested and adjusted on this robot, and the values now."""
 
 
-class MotorTest(Request, tag="motor_test"):
+class MotorTest(Request, tag="motor_test", kw_only=True):
     output: Annotated[str, Meta(min_length=1, max_length=64)]  # a name from ``calibration``
     power: Annotated[float, Meta(gt=0.0, le=MAX_TEST_POWER)] = 0.3
     seconds: Annotated[float, Meta(gt=0.0, le=MAX_TEST_SECONDS)] = 1.0
 
 
-class SetCalibration(Request, tag="set_calibration"):
+class SetCalibration(Request, tag="set_calibration", kw_only=True):
     key: CalibrationKey  # one of ``calibration``'s adjustments
     value: float  # checked by the configuration's own validation
 
