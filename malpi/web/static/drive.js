@@ -173,18 +173,21 @@ function onStatus(m) {
 
 // -- overlay ---------------------------------------------------------------------------
 
-// Steps come 20-50 times a second: the overlay is drawn at most once per displayed frame, by
-// changing the text of elements made once (a phone's browser, or four pages on one core,
-// would spend its time rebuilding them otherwise).
+// Steps come 20-50 times a second; people read figures at a few a second. The overlay is
+// drawn at most every DRAW_MS, in a displayed frame, by changing the text of elements made
+// once: a phone's browser, or four pages sharing a core, has better things to do (the video).
+const DRAW_MS = 100;
 let drawPending = false;
+let drawnAt = 0;
 function scheduleDraw() {
   if (drawPending) return;
   drawPending = true;
-  requestAnimationFrame(() => {
+  setTimeout(() => requestAnimationFrame(() => {
     drawPending = false;
+    drawnAt = performance.now();
     drawOverlay();
     drawProbs(lastStep || {});
-  });
+  }), Math.max(0, drawnAt + DRAW_MS - performance.now()));
 }
 
 function put(el, text, className) {
@@ -375,5 +378,5 @@ function onTilt(e) {
 
 function drawPlots() {
   plots.draw(ui.plots);
-  setTimeout(() => requestAnimationFrame(drawPlots), 250);
+  setTimeout(() => requestAnimationFrame(drawPlots), 500);
 }

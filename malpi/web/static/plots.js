@@ -42,11 +42,15 @@ export class Plots {
       g.beginPath(); g.moveTo(0, top + rowH - 0.5); g.lineTo(w, top + rowH - 0.5); g.stroke();
       g.strokeStyle = s.colour;
       g.beginPath();
+      // One point per pixel column at most: a minute at 50 Hz is 3,000 samples.
       let drawing = false;
+      let column = -1;
       for (const p of this.samples) {
         const v = p[s.key];
         if (v == null) { drawing = false; continue; }
         const x = w - ((last - p.t) / SECONDS) * w;
+        if (Math.floor(x) === column) continue;
+        column = Math.floor(x);
         if (drawing) g.lineTo(x, y(v)); else g.moveTo(x, y(v));
         drawing = true;
       }
