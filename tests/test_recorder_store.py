@@ -204,3 +204,145 @@ def test_read_only(db):
     ]
     with pytest.raises(ValueError, match="cannot be created read-only"):
         EpisodeStore(db, create=True, readonly=True)
+
+
+# -- cutting steps out of an ended episode ("tub cleaning") --------------------------------
+
+
+def _raw(store, episode_id):
+    return list(store.raw_step_rows(episode_id))
+
+
+def test_a_cut_in_the_middle_splits_the_episode_in_two_contiguous_ones(db):
+    """Episode 2 (4 steps, failed, final reward -3): cutting step 1 leaves step 0 as episode 2
+    (a truncation: finished, no final reward) and steps 2-3 as a new episode, renumbered 0-1,
+    that keeps the crash (failed, -3) and a consistent clock."""
+    with EpisodeStore(db) as store:
+        before = store.episode(2)
+        rows = _raw(store, 2)
+        result = store.cut_episode(2, 1, 2)
+        assert (result.removed, result.episode, result.tail) == (1, 2, 4)
+        head, tail = store.episode(2), store.episode(4)
+        assert head.uuid == before.uuid and head.started_at == before.started_at
+        assert (head.outcome, head.final_reward, head.step_count) == ("finished", None, 1)
+        assert head.ended_at == pytest.approx(before.wall_time(rows[0][8]))
+        assert tail.uuid != before.uuid and len(tail.uuid) == 36
+        assert (tail.outcome, tail.final_reward, tail.ended_at) == ("failed", -3.0, before.ended_at)
+        assert (tail.step_count, tail.dropped_steps, tail.last_step) == (2, 0, 1)
+        assert tail.config == before.config and tail.action_table == before.action_table
+        assert "episode 2" in tail.notes and before.uuid in tail.notes
+        # The same instant on both clocks: a step's wall time is what it was.
+        assert tail.started_mono == rows[2][7]
+        assert tail.wall_time(rows[3][7]) == pytest.approx(before.wall_time(rows[3][7]))
+        assert _raw(store, 2) == rows[:1]
+        assert _raw(store, 4) == [(i, *r[1:]) for i, r in enumerate(rows[2:])]  # as stored
+        data = store.load_episode(4)
+        assert data.dones.tolist() == [False, True]  # the crash is still the last step
+        assert data.rewards[-1] == pytest.approx(rows[3][5] - 3.0)
+        assert store.load_episode(2).dones.tolist() == [True]  # an ending, not terminal:
+        assert not store.episode(2).terminated  # (finished: the trainer bootstraps)
+        assert store.next_episode_id() == 5 and store.integrity_check() == "ok"
+
+
+def test_cuts_at_either_end_keep_the_id(db):
+    from malpi.recorder.store import CutResult
+
+    with EpisodeStore(db) as store:
+        first = store.episode(1)
+        rows = _raw(store, 1)
+        assert store.cut_episode(1, 0, 2) == CutResult(2, 1, None)
+        trimmed = store.episode(1)
+        assert (trimmed.uuid, trimmed.outcome, trimmed.step_count) == (first.uuid, "finished", 4)
+        assert _raw(store, 1) == [(i, *r[1:]) for i, r in enumerate(rows[2:])]
+        assert trimmed.started_mono == rows[2][7]
+        assert trimmed.started_at == pytest.approx(first.wall_time(rows[2][7]))
+        # The end: steps 2-3 of what is left (4 and 5 of the recording).
+        assert store.cut_episode(1, 2, 10**6).removed == 2
+        end = store.episode(1)
+        assert (end.step_count, end.outcome, end.ended_at) == (
+            2,
+            "finished",
+            pytest.approx(first.wall_time(rows[3][8])),
+        )
+        # A failed episode whose crash is cut away is no longer terminal.
+        assert store.cut_episode(2, 3, 4).removed == 1
+        assert (store.episode(2).outcome, store.episode(2).final_reward) == ("finished", None)
+        # An aborted one stays aborted (the trainer skips it either way).
+        store.cut_episode(3, 4, 5)
+        assert store.episode(3).outcome == "aborted"
+        assert [e.id for e in store.episodes()] == [1, 2, 3]
+        assert store.integrity_check() == "ok"
+
+
+def test_a_cut_keeps_dropped_steps_and_shifts_expert_labels(tmp_path):
+    from malpi.recorder.store import LABELS_KEY as STORE_KEY
+    from malpi.train.episodes import LABELS_KEY
+
+    assert STORE_KEY == LABELS_KEY
+    path = tmp_path / "e.sqlite"
+    meta = meta_for(0)
+    meta.config[LABELS_KEY] = [i % 3 for i in range(10)]
+    with Recorder(path) as rec:
+        ep = rec.start_episode(meta)
+        for i in (0, 1, 2, 3, 5, 6, 8, 9):  # 4 and 7 dropped
+            rec.record(step_for(ep, i), index=i)
+        rec.end_episode("finished")
+    with EpisodeStore(path) as store:
+        result = store.cut_episode(ep, 2, 4)  # steps 2 and 3; the head is 0-1
+        assert result.removed == 2
+        tail = store.episode(result.tail)
+        assert [r[0] for r in _raw(store, result.tail)] == [0, 1, 3, 4]  # 5, 6, 8, 9
+        assert tail.dropped_steps == 1
+        assert tail.config[LABELS_KEY] == [i % 3 for i in range(5, 10)]
+        assert store.episode(ep).config[LABELS_KEY] == meta.config[LABELS_KEY]
+        # A head trim renumbers in place; labels follow.
+        store.cut_episode(result.tail, 0, 1)
+        assert [r[0] for r in _raw(store, result.tail)] == [0, 2, 3]  # 6, 8, 9
+        assert store.episode(result.tail).config[LABELS_KEY] == [i % 3 for i in range(6, 10)]
+
+
+def test_bad_cuts_change_nothing(db):
+    from malpi.recorder.store import EpisodeRunning, NoSuchEpisode
+
+    with EpisodeStore(db) as store:
+        before = [(e, _raw(store, e.id)) for e in store.episodes()]
+        for a, b, match in (
+            (3, 3, "from_step < to_step"),
+            (4, 2, "from_step < to_step"),
+            (-1, 2, "from_step < to_step"),
+            (6, 100, r"no step in \[6, 100\) \(it has steps 0-5\)"),
+            (0, 6, "every step of episode 1: delete the episode instead"),
+            (0, 2**62, "every step"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                store.cut_episode(1, a, b)
+        with pytest.raises(NoSuchEpisode, match="no episode 99"):
+            store.cut_episode(99, 0, 1)
+        with pytest.raises(StoreError, match="id 3 is taken"):
+            store.cut_episode(1, 2, 3, new_id=3)
+        store._conn.execute("UPDATE episodes SET outcome = 'running' WHERE id = 2")
+        with pytest.raises(EpisodeRunning, match="still being recorded"):
+            store.cut_episode(2, 0, 1)
+        store._conn.execute("UPDATE episodes SET outcome = 'failed' WHERE id = 2")
+        assert [(e, _raw(store, e.id)) for e in store.episodes()] == before
+
+
+def test_a_cut_is_one_transaction(db):
+    """If the tail's new episode cannot be written, the deleted steps are back too."""
+    with EpisodeStore(db) as store:
+        before = _raw(store, 1)
+        store._conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON episodes BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        with pytest.raises(StoreError, match="no"):
+            store.cut_episode(1, 2, 3)
+        assert _raw(store, 1) == before and store.episode(1).outcome == "finished"
+
+
+def test_a_cut_episode_trains_as_contiguous_sequences(db):
+    from malpi.train.episodes import read_store
+
+    with EpisodeStore(db) as store:
+        store.cut_episode(1, 2, 4)
+    episodes = {e.origin.rsplit("#")[1]: e for e in read_store(db, DEFAULT_ACTIONS)}
+    assert {k: len(e.actions) for k, e in episodes.items()} == {"1": 2, "2": 4, "4": 2}

@@ -25,6 +25,7 @@ import math
 import os
 import sqlite3
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,18 @@ SELECT e.id, e.uuid, e.started_at, e.started_mono, e.ended_at, e.outcome, e.fina
        (SELECT action_time FROM steps s WHERE s.episode_id = e.id ORDER BY step DESC LIMIT 1)
 FROM episodes e
 """
+
+_SUMMARY_SELECT = (
+    "SELECT e.id, e.uuid, e.started_at, e.ended_at, e.outcome, e.final_reward, "
+    "e.policy_version, e.notes, "
+    "(SELECT count(*) FROM steps s WHERE s.episode_id = e.id), "
+    "(SELECT max(step) FROM steps s WHERE s.episode_id = e.id) "
+    "FROM episodes e "
+)
+
+LABELS_KEY = "trainer_labels"
+"""The episode config key of the expert's action at every step index
+(:data:`malpi.train.episodes.LABELS_KEY`): a cut that renumbers steps shifts it too."""
 
 _STEP_COLUMNS = (
     "step, action, source, probs, value, reward, done, capture_time, action_time, "
@@ -169,6 +182,23 @@ def _db_errors(path: Path) -> Iterator[None]:
         raise StoreError(f"{path}: {text}") from exc
 
 
+class NoSuchEpisode(StoreError):
+    """The database holds no episode with that id (never recorded, or deleted)."""
+
+
+class EpisodeRunning(StoreError):
+    """The episode is still being recorded: a recorder may be writing it."""
+
+
+@dataclass(frozen=True)
+class CutResult:
+    """What :meth:`EpisodeStore.cut_episode` did."""
+
+    removed: int  # steps deleted
+    episode: int  # the piece that keeps the episode's id and uuid
+    tail: int | None  # the steps after a cut in the middle, as a new episode (None: none)
+
+
 class EpisodeStore:
     """An open episode database. One per thread (SQLite connections are per thread).
 
@@ -212,22 +242,25 @@ class EpisodeStore:
         is parsed: a robot lists thousands of episodes while it drives)."""
         with _db_errors(self.path):
             cursor = self._conn.execute(
-                "SELECT e.id, e.uuid, e.started_at, e.ended_at, e.outcome, e.final_reward, "
-                "e.policy_version, e.notes, "
-                "(SELECT count(*) FROM steps s WHERE s.episode_id = e.id), "
-                "(SELECT max(step) FROM steps s WHERE s.episode_id = e.id) "
-                "FROM episodes e WHERE e.id > ? ORDER BY e.id LIMIT ?",
-                (since, limit),
+                _SUMMARY_SELECT + "WHERE e.id > ? ORDER BY e.id LIMIT ?", (since, limit)
             )
-            names = [d[0] for d in cursor.description]
-            names[-2:] = ["steps", "last_step"]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return _summary_rows(cursor)
+
+    def summary(self, episode_id: int) -> dict[str, Any]:
+        """One episode's ``summaries()`` row; NoSuchEpisode if there is none."""
+        with _db_errors(self.path):
+            rows = _summary_rows(
+                self._conn.execute(_SUMMARY_SELECT + "WHERE e.id = ?", (episode_id,))
+            )
+        if not rows:
+            raise NoSuchEpisode(f"{self.path} has no episode {episode_id}")
+        return rows[0]
 
     def episode(self, episode_id: int) -> EpisodeInfo:
         with _db_errors(self.path):
             row = self._conn.execute(_EPISODE_SELECT + " WHERE e.id = ?", (episode_id,)).fetchone()
         if row is None:
-            raise StoreError(f"{self.path} has no episode {episode_id}")
+            raise NoSuchEpisode(f"{self.path} has no episode {episode_id}")
         return self._info(row)
 
     def find_uuid(self, uuid: str) -> int | None:
@@ -320,7 +353,7 @@ class EpisodeStore:
         with _db_errors(self.path), self._transaction():
             info = self.episode(episode_id)
             if info.running and not force:
-                raise StoreError(
+                raise EpisodeRunning(
                     f"episode {episode_id} is still being recorded (outcome 'running'); "
                     "end it first, or force the delete"
                 )
@@ -351,10 +384,122 @@ class EpisodeStore:
         with _db_errors(self.path), self._transaction():
             info = self.episode(episode_id)
             if info.running and not force:
-                raise StoreError(
+                raise EpisodeRunning(
                     f"episode {episode_id} is still being recorded; end it through the recorder"
                 )
             self.end_episode(episode_id, outcome, time.time(), final_reward, keep_end_time=True)
+
+    def cut_episode(
+        self,
+        episode_id: int,
+        from_step: int,
+        to_step: int,
+        *,
+        new_id: int | None = None,
+        new_uuid: str | None = None,
+        force: bool = False,
+    ) -> CutResult:
+        """Remove the steps numbered ``from_step`` <= step < ``to_step`` of an ended episode, in
+        one transaction ("tub cleaning"). Every episode stays one contiguous sequence:
+
+        - the steps before the cut (the head) keep the episode's id, uuid and start; when the
+          cut took the episode's last step away, the head's end is a truncation: outcome
+          ``finished`` if it was ``failed`` (its new last step is not the crash), no
+          ``final_reward``, ``ended_at`` its last step's time;
+        - the steps after a cut in the middle become a new episode (id ``new_id``, by default
+          the next free one; a new uuid), numbered from 0, started at its first step, with the
+          episode's ending (outcome, final reward, end time);
+        - with no head (a cut from the start), the rest keeps the id and uuid, renumbered
+          from 0 and started at its first step.
+
+        Gaps (dropped steps) inside a piece are kept; an expert-label list in the config
+        (``trainer_labels``) is shifted with the numbering. ValueError for an empty range, a
+        range holding no step, or one holding every step (delete the episode instead);
+        NoSuchEpisode, EpisodeRunning (unless ``force``) as the names say.
+        """
+        if not 0 <= from_step < to_step:
+            raise ValueError(
+                f"the cut must have 0 <= from_step < to_step, not [{from_step}, {to_step})"
+            )
+        with _db_errors(self.path), self._transaction():
+            info = self.episode(episode_id)
+            if info.running and not force:
+                raise EpisodeRunning(
+                    f"episode {episode_id} is still being recorded; cut it once it has ended"
+                )
+            q = self._conn.execute
+            steps = q(
+                "SELECT step, capture_time, action_time FROM steps WHERE episode_id = ? "
+                "ORDER BY step",
+                (episode_id,),
+            ).fetchall()
+            head = [r for r in steps if r[0] < from_step]
+            tail = [r for r in steps if r[0] >= to_step]
+            removed = len(steps) - len(head) - len(tail)
+            if not removed:
+                held = f"steps {steps[0][0]}-{steps[-1][0]}" if steps else "no steps"
+                raise ValueError(
+                    f"episode {episode_id} has no step in [{from_step}, {to_step}) (it has {held})"
+                )
+            if not head and not tail:
+                raise ValueError(
+                    f"the cut [{from_step}, {to_step}) holds every step of episode {episode_id}: "
+                    "delete the episode instead"
+                )
+            q(
+                "DELETE FROM steps WHERE episode_id = ? AND step >= ? AND step < ?",
+                (episode_id, from_step, to_step),
+            )
+            new_episode = None
+            if tail:
+                first, first_capture = tail[0][0], tail[0][1]
+                config = _shift_labels(info.config, first)
+                started = (info.wall_time(first_capture), first_capture)
+            if head and tail:
+                new_episode = new_id if new_id is not None else self.next_episode_id()
+                if q("SELECT 1 FROM episodes WHERE id = ?", (new_episode,)).fetchone():
+                    raise StoreError(f"{self.path}: episode id {new_episode} is taken")
+                self.insert_episode(
+                    new_episode, new_uuid or str(uuidlib.uuid4()), *started, config,
+                    info.action_table, info.policy_version,
+                    f"steps {first}-{tail[-1][0]} of episode {episode_id} ({info.uuid}), "
+                    f"after a cut of [{from_step}, {to_step})",
+                    outcome=info.outcome, ended_at=info.ended_at, final_reward=info.final_reward,
+                )  # fmt: skip
+                q(
+                    "UPDATE steps SET episode_id = ?, step = step - ? "
+                    "WHERE episode_id = ? AND step >= ?",
+                    (new_episode, first, episode_id, to_step),
+                )
+            elif tail:  # no head: the rest keeps the id, renumbered from 0
+                if first:
+                    # Two passes, so that no row ever takes a number another still holds.
+                    top = tail[-1][0] + 1
+                    q("UPDATE steps SET step = step + ? WHERE episode_id = ?", (top, episode_id))
+                    q(
+                        "UPDATE steps SET step = step - ? WHERE episode_id = ?",
+                        (top + first, episode_id),
+                    )
+                q(
+                    "UPDATE episodes SET started_at = ?, started_mono = ?, config = ? WHERE id = ?",
+                    (*started, json.dumps(config, sort_keys=True, default=str), episode_id),
+                )
+            if (
+                head
+            ):  # the head lost the episode's end (it ends at the cut, or the cut took the end)
+                outcome = "finished" if info.outcome == "failed" else info.outcome
+                q(
+                    "UPDATE episodes SET outcome = ?, ended_at = ?, final_reward = NULL "
+                    "WHERE id = ?",
+                    (outcome, info.wall_time(head[-1][2]), episode_id),
+                )
+        with _db_errors(self.path):
+            self._conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back
+        log.debug(
+            "cut [%d, %d) of episode %d: %d steps removed, tail %s",
+            from_step, to_step, episode_id, removed, new_episode,
+        )  # fmt: skip
+        return CutResult(removed, episode_id, new_episode)
 
     # -- writes made by the recorder's thread ----------------------------------
 
@@ -506,6 +651,20 @@ class EpisodeStore:
             jpeg=row[10],
             frame=frame,
         )
+
+
+def _summary_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    names[-2:] = ["steps", "last_step"]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _shift_labels(config: dict[str, Any], first: int) -> dict[str, Any]:
+    """The config of a piece whose step ``first`` is renumbered 0: its labels shifted alike."""
+    labels = config.get(LABELS_KEY)
+    if not isinstance(labels, list) or not first:
+        return config
+    return {**config, LABELS_KEY: labels[first:]}
 
 
 def _check_outcome(outcome: str) -> None:
