@@ -223,6 +223,46 @@ class RobotClient:
             max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
         )
 
+    # -- curating the recording, and the policies kept ----------------------------------
+
+    def delete_episode(self, episode: int) -> schema.DeleteReply:
+        """Delete an ended episode (its steps and frames) from the robot's recording."""
+        return self.request(
+            schema.DeleteEpisode(v=schema.PROTOCOL_VERSION, episode=episode),
+            max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
+        )
+
+    def cut_episode(self, episode: int, from_step: int, to_step: int) -> schema.CutReply:
+        """Remove steps from_step <= step < to_step of an ended episode; the reply says what is
+        left (the episode, and after a cut in the middle the new episode of the steps after it)."""
+        return self.request(
+            schema.CutEpisode(
+                v=schema.PROTOCOL_VERSION, episode=episode, from_step=from_step, to_step=to_step
+            ),
+            max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
+        )
+
+    def set_outcome(
+        self, episode: int, outcome: str, final_reward: float | None = None
+    ) -> schema.OutcomeReply:
+        """Mark an ended episode's outcome (and final reward; None keeps the one it has)."""
+        return self.request(
+            schema.SetOutcome(
+                v=schema.PROTOCOL_VERSION,
+                episode=episode,
+                outcome=outcome,
+                final_reward=final_reward,
+            ),
+            max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
+        )
+
+    def list_policies(self) -> schema.PolicyList:
+        """What runs, what boots, the policy store's history (newest first), the shipped one."""
+        return self.request(
+            schema.ListPolicies(v=schema.PROTOCOL_VERSION),
+            max(self.timeout, schema.EPISODE_TIMEOUT + 5.0),
+        )
+
     # -- calibration: malpi setup's motor test and calibration, on the running car -------
 
     def calibration(self) -> schema.CalibrationReply:

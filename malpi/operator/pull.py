@@ -5,7 +5,10 @@ written in one short transaction, under the robot's uuid, rows exactly as the
 robot stored them: a pull that fails halfway (link lost, robot stopped, disk
 full) leaves no partial episode, the local database is never locked while
 waiting on the network, and pulling again copies only what is not there yet
-(and brings over an outcome changed on the robot since).
+(and brings over an outcome changed on the robot since). An episode cut on
+the robot (``cut_episode``) while it is being pulled fails that pull; one cut
+after it was copied keeps its copy as it was (the log says so), and the steps
+after a cut in the middle are copied as the new episode they became.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ def _pull_one(
     next_step: int | None = 0
     while next_step is not None:
         chunk = client.get_episode(summary.id, from_step=next_step, max_steps=chunk_steps)
+        if chunks and _cut_meanwhile(chunks[0], chunk):
+            raise PullError(
+                f"episode {summary.id} was cut on the robot while being pulled; pull again"
+            )
         if chunk.episode.uuid != summary.uuid:
             raise PullError(f"episode {summary.id} changed on the robot while being pulled")
         if next_step > 0 and not chunk.steps:
@@ -170,6 +177,17 @@ def _pull_one(
 def _bring_up_to_date(store: EpisodeStore, local_id: int, s: schema.EpisodeSummary) -> bool:
     """An outcome or final reward set on the robot after an earlier pull: copy it over."""
     here = store.episode(local_id)
+    if here.step_count != s.steps:
+        # Cut on the robot after it was copied (cut_episode): this copy is not changed, and the
+        # steps after a cut in the middle come as an episode of their own.
+        log.warning(
+            "episode %d: the robot has %d steps, the copy here %d (cut on the robot after it "
+            "was pulled); the copy is left as it is",
+            s.id,
+            s.steps,
+            here.step_count,
+        )
+        return False
     if (here.outcome, here.final_reward) == (s.outcome, s.final_reward):
         return False
     if s.outcome not in END_OUTCOMES or (s.final_reward is None and here.final_reward is not None):
@@ -185,6 +203,16 @@ def _bring_up_to_date(store: EpisodeStore, local_id: int, s: schema.EpisodeSumma
         return False
     store.set_outcome(local_id, s.outcome, s.final_reward)
     return True
+
+
+def _cut_meanwhile(first: schema.EpisodeChunk, chunk: schema.EpisodeChunk) -> bool:
+    """The episode's steps or start changed between two chunks: a cut_episode came between."""
+    a, b = first.episode, chunk.episode
+    return (a.steps, a.started_at, first.started_mono) != (
+        b.steps,
+        b.started_at,
+        chunk.started_mono,
+    )
 
 
 def _row(r: schema.StepRecord) -> tuple[Any, ...]:

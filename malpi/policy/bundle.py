@@ -305,6 +305,35 @@ class PolicyBundle:
         return bundle
 
 
+def read_manifest(source: str | os.PathLike | Any) -> dict[str, Any]:
+    """A bundle file's manifest alone (a path, or a binary file object), for listing: bounded
+    (the file's size and the manifest's are checked before it is read), and no payload is
+    inflated, checked or run. BundleError says why it cannot be read."""
+    try:
+        if isinstance(source, str | os.PathLike):
+            size = os.stat(source).st_size
+            if size > MAX_BUNDLE_BYTES:
+                raise BundleError(f"{size} bytes, over the {MAX_BUNDLE_BYTES}-byte limit")
+        with zipfile.ZipFile(source) as zf:
+            try:
+                info = zf.getinfo(MANIFEST)
+            except KeyError:
+                raise BundleError(f"no {MANIFEST}") from None
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise BundleError(
+                    f"{MANIFEST} inflates to {info.file_size} bytes, over its "
+                    f"{MAX_MANIFEST_BYTES}-byte limit"
+                )
+            raw = zf.read(info)
+    except BundleError:
+        raise
+    except OSError as exc:
+        raise BundleError(f"cannot read it: {exc.strerror or exc}") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError) as exc:
+        raise BundleError(f"not a readable policy bundle: {exc}") from exc
+    return _parse_manifest(raw)
+
+
 def write_atomic(path: Path, data: bytes | memoryview) -> Path:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,35 @@ class GetEpisode(Request, tag="get_episode"):
     max_steps: Annotated[int, Meta(ge=1, le=MAX_CHUNK_STEPS)] = 256
 
 
+# -- curating the recording (docs/protocol.md, "Curating episodes"): ended episodes only ----
+
+
+class DeleteEpisode(Request, tag="delete_episode"):
+    episode: UInt  # the recorder's episode id
+
+
+class CutEpisode(Request, tag="cut_episode"):
+    """Remove the steps numbered from_step <= step < to_step (the head keeps the episode; steps
+    after a cut in the middle become a new episode)."""
+
+    episode: UInt
+    from_step: UInt
+    to_step: UInt
+
+
+class SetOutcome(Request, tag="set_outcome"):
+    episode: UInt
+    outcome: Outcome  # "failed": the last step is terminal
+    final_reward: float | None = None  # replaces the episode's; nil keeps it
+
+
+class ListPolicies(Request, tag="list_policies"):
+    """What runs, what boots, the policy store's history and the shipped default."""
+
+
+EPISODE_TYPES = (ListEpisodes, GetEpisode, DeleteEpisode, CutEpisode, SetOutcome)
+
+
 # -- calibration: the motor test and calibration of ``malpi setup``, on the running car ------
 # (docs/protocol.md, "Calibration"). Only in paused mode; the control loop runs a test as a
 # bounded, timed command and stops it on any mode change, drive command, fault or stop.
@@ -184,6 +213,10 @@ REQUEST_TYPES = (
     KeepPolicy,
     ListEpisodes,
     GetEpisode,
+    DeleteEpisode,
+    CutEpisode,
+    SetOutcome,
+    ListPolicies,
     *CALIBRATION_TYPES,
 )
 AnyRequest = (
@@ -199,6 +232,10 @@ AnyRequest = (
     | KeepPolicy
     | ListEpisodes
     | GetEpisode
+    | DeleteEpisode
+    | CutEpisode
+    | SetOutcome
+    | ListPolicies
     | GetCalibration
     | MotorTest
     | SetCalibration
@@ -352,6 +389,54 @@ class EpisodeChunk(Reply, tag="get_episode"):
     next_step: int | None  # ``from_step`` for the rest; nil: no more steps
 
 
+class DeleteReply(Reply, tag="delete_episode"):
+    episode: int  # the id deleted (never reused)
+    removed: int  # its steps deleted
+
+
+class CutReply(Reply, tag="cut_episode"):
+    removed: int  # steps deleted
+    episode: EpisodeSummary  # what is left under the episode's id (and uuid)
+    tail: EpisodeSummary | None  # after a cut in the middle: the steps after it, a new episode
+
+
+class OutcomeReply(Reply, tag="set_outcome"):
+    episode: EpisodeSummary  # as it is now
+
+
+EvaluationValue = float | int | str | bool
+
+
+class PolicyInfo(Struct, kw_only=True):
+    """One policy bundle as list_policies describes it (read from its file's manifest)."""
+
+    label: str | None  # e.g. "v3-1a2b3c4d"; None when unknown (unreadable file, no policy)
+    sha256: str | None  # its identity
+    source: str | None = None  # where it comes from / would boot from, as status says it
+    file: str | None = None  # the bundle file's name (in the store, or its path)
+    accepted: str | None = None  # when it was pushed (ISO time; store entries)
+    note: str = ""  # the store entry's note
+    created: str | None = None  # when it was made (the manifest's ``created``)
+    trainer: str | None = None  # what made it (provenance ``trainer`` or ``made_by``)
+    bytes: int | None = None  # the file's size
+    # The evaluation figures its provenance carries, summarised (at most MAX_EVALUATION keys)
+    evaluation: dict[str, EvaluationValue] = msgspec.field(default_factory=dict)
+    running: bool = False  # it is the running policy
+    boots: bool = False  # it is the one the next boot runs
+    error: str | None = None  # why its file could not be read (the other fields as known)
+
+
+MAX_EVALUATION = 16
+
+
+class PolicyList(Reply, tag="list_policies"):
+    running: PolicyInfo | None  # nil: no policy runs
+    boot: PolicyInfo | None  # what the next boot runs
+    history: list[PolicyInfo]  # the store's kept policies, newest first (the first boots)
+    shipped: PolicyInfo | None  # the shipped default (nil: none installed)
+    policy_path: str | None  # policy.path when set: it boots whatever is kept
+
+
 class Adjustment(Struct, kw_only=True):
     key: str  # the configuration key, e.g. "drivetrain.differential.min_speed"
     value: float  # now
@@ -417,6 +502,10 @@ AnyReply = (
     | KeepReply
     | EpisodeList
     | EpisodeChunk
+    | DeleteReply
+    | CutReply
+    | OutcomeReply
+    | PolicyList
     | CalibrationReply
     | MotorTestReply
     | SetCalibrationReply
@@ -624,6 +713,13 @@ def decode_request(data: bytes | memoryview) -> AnyRequest:
         raise ProtocolError(
             "too_large",
             f"a bundle of {len(request.bundle)} bytes; a bundle may be at most {MAX_BUNDLE_BYTES}",
+            request.id,
+        )
+    if isinstance(request, CutEpisode) and not request.from_step < request.to_step:
+        raise ProtocolError(
+            "invalid",
+            f"cut_episode: from_step ({request.from_step}) must be below to_step "
+            f"({request.to_step}) - at `$.to_step`",
             request.id,
         )
     if isinstance(request, SetCalibration) and not math.isfinite(request.value):

@@ -243,6 +243,13 @@ class Recorder:
     def next_episode_id(self) -> int:
         return self._next_id
 
+    def reserve_episode_id(self) -> int:
+        """An id no episode started here will get (for one written by someone else: a cut)."""
+        with self._lock:
+            episode_id = self._next_id
+            self._next_id += 1
+        return episode_id
+
     def start_episode(
         self,
         meta: EpisodeMeta,

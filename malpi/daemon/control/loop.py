@@ -697,6 +697,8 @@ class ControlLoop:
                 result = self._set_recording(bool(a["on"]))
             elif cmd.kind == "policy_source":
                 result = self._set_policy_source(a)
+            elif cmd.kind == "reserve_episode":
+                result = self._reserve_episode()
             else:
                 raise ValueError(f"unknown command {cmd.kind!r}")
         except RuntimeError as exc:  # not possible now (e.g. recording not configured)
@@ -759,6 +761,14 @@ class ControlLoop:
     def _end_test(self, why: str) -> None:
         if self.calibrator is not None:
             self.calibrator.end_test(why)
+
+    def _reserve_episode(self) -> dict[str, Any]:
+        """An episode id no episode of this daemon will get: the link's, for the new episode a
+        cut of a recorded one makes (ids are chosen here; the recorder only writes them)."""
+        reserve = getattr(self.recorder, "reserve_episode_id", None)
+        if reserve is None:
+            raise RuntimeError("this daemon records no episodes")
+        return {"episode": reserve()}
 
     def _set_policy_source(self, a: dict[str, Any]) -> dict[str, Any]:
         """The link's word after it changed the policy store (a keep, a rollback): where the

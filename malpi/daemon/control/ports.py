@@ -222,6 +222,12 @@ class RecorderPort(Port):
         )
         return episode_id
 
+    def reserve_episode_id(self) -> int:
+        """An id no episode started here will get (for one written by someone else: a cut)."""
+        episode_id = self._next_id
+        self._next_id += 1
+        return episode_id
+
     def record(self, step: Step) -> int | None:
         if self._episode is None:
             return None

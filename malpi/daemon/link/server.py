@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class LinkServer:
         self, config: Config, control: ControlChannel, runtime_dir: Path, context: zmq.Context
     ):
         from malpi.daemon.link.episodes import EpisodeServer
+        from malpi.daemon.link.policies import PolicyLister
         from malpi.daemon.link.reload import PolicyManager
         from malpi.daemon.link.upload import Uploads
 
@@ -83,7 +85,10 @@ class LinkServer:
         self.policies = PolicyManager(config, control, runtime_dir / "models", self._event)
         recording = config.recording.path
         self.uploads = Uploads()
-        self.episodes = EpisodeServer(Path(recording).expanduser() if recording else None)
+        self.episodes = EpisodeServer(
+            Path(recording).expanduser() if recording else None, self._reserve_episode_id
+        )
+        self.policy_list = PolicyLister(config, control)
         self._ctx = context
         self._security: ServerSecurity | None = None
         self.publisher: TelemetryPublisher | None = None
@@ -281,8 +286,11 @@ class LinkServer:
             self._load_token = self._later(
                 envelope, req, self._loader.submit(job), lambda r: r, LOAD_TIMEOUT
             )
-        elif isinstance(req, schema.ListEpisodes | schema.GetEpisode):
+        elif isinstance(req, schema.EPISODE_TYPES):
             job = self.episodes.submit(req)  # ProtocolError("busy") when too many are waiting
+            self._later(envelope, req, job, lambda r: r, schema.EPISODE_TIMEOUT)
+        elif isinstance(req, schema.ListPolicies):
+            job = self.policy_list.submit(req)
             self._later(envelope, req, job, lambda r: r, schema.EPISODE_TIMEOUT)
         elif isinstance(req, schema.CALIBRATION_TYPES):
             self._calibrate(envelope, req)
@@ -331,6 +339,18 @@ class LinkServer:
             self._clients.popitem(last=False)
         self.control.send(ipc.Drive(action=req.action, client=client.hex()))
         self._send(envelope, schema.DriveReply(id=req.id, accepted=True, mode=self._mode()))
+
+    def _reserve_episode_id(self) -> int:
+        """An episode id the control process will not give an episode (the episode worker's,
+        for the new episode a cut makes): it chooses ids, the recorder only writes them."""
+        future = self.control.call("reserve_episode")
+        try:
+            return int(future.result(COMMAND_TIMEOUT)["episode"])
+        except FutureTimeout:
+            self.control.forget(future)
+            raise ProtocolError(
+                "timeout", "the control loop did not give the cut's new episode an id in time"
+            ) from None
 
     def _mode(self) -> str:
         return self._live.get("mode", "paused")
@@ -455,6 +475,7 @@ class LinkServer:
         self._stop.set()
         self._loader.shutdown(wait=True, cancel_futures=True)
         self.episodes.close()
+        self.policy_list.close()
         self._teardown()
 
     def _teardown(self) -> None:
