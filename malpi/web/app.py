@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from malpi.operator.client import LinkTimeout, RobotError
-from malpi.web import calibrate, live
+from malpi.web import calibrate, curate, deploy, live
 from malpi.web.auth import LoginLimiter, Sessions, check_password
 from malpi.web.base import (
     BRIDGE,
@@ -51,7 +51,7 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-PANELS = (live, calibrate)
+PANELS = (live, curate, deploy, calibrate)
 
 
 def make_app(settings: Settings, bridge: Bridge) -> web.Application:
