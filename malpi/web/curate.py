@@ -132,6 +132,10 @@ class Episodes:
             self._meta[episode] = fetched
             while len(self._meta) > META_EPISODES:
                 self._meta.popitem(last=False)
+            for key in [
+                k for k, v in self._locks.items() if k not in self._meta and not v.locked()
+            ]:
+                del self._locks[key]  # one lock per episode held, not per episode ever opened
             return fetched
 
     async def _fetch(self, episode: int) -> Episode:
