@@ -37,7 +37,8 @@ export class Plots {
       const values = this.samples.map((p) => p[s.key]).filter((v) => v != null);
       const max = s.max ?? Math.max(1, ...values) * 1.1;
       const min = s.min ?? Math.min(-1, ...values) * 1.1;
-      const y = (v) => top + rowH - 4 - ((v - min) / (max - min)) * (rowH - 8);
+      const band = 18 * ratio;  // the label's, above the line
+      const y = (v) => top + rowH - 4 - ((v - min) / (max - min)) * (rowH - band - 8);
       g.strokeStyle = "#333";
       g.beginPath(); g.moveTo(0, top + rowH - 0.5); g.lineTo(w, top + rowH - 0.5); g.stroke();
       g.strokeStyle = s.colour;
