@@ -513,7 +513,9 @@ def _validate_web(web: WebConfig) -> None:
     )
     _require(0 < web.session_hours <= 24 * 30, "web.session_hours", "must be in (0, 720]")
     _require(0 < web.idle_minutes <= 24 * 60, "web.idle_minutes", "must be in (0, 1440]")
-    _require(bool(web.cert) == bool(web.key), "web.key", "give both web.cert and web.key, or neither")
+    _require(
+        bool(web.cert) == bool(web.key), "web.key", "give both web.cert and web.key, or neither"
+    )
 
 
 def _check_pins(section: str, pins: dict[str, int]) -> None:

@@ -82,6 +82,15 @@ def test_bad_pushes(http, console, monkeypatch):
 
     status, body = push(http, chunks())
     assert (status, body["error"]) == (413, "too_large")
+
+    # A second push while one is under way is refused without its body being read.
+    lock = console.app[deploy.PUSHING]
+    console.run(lock.acquire())
+    try:
+        status, body = push(http, bytes(100))
+    finally:
+        console.loop.call_soon_threadsafe(lock.release)
+    assert (status, body["error"]) == (409, "busy")
     with console.daemon.client() as c:
         assert c.status().policy_version != label("b")  # nothing ran
     assert http.get("/api/policies")[0] == 200  # the console serves on

@@ -18,6 +18,8 @@ completely, in a process of its own, before anything changes.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from malpi.protocol.schema import MAX_BUNDLE_BYTES
@@ -25,10 +27,14 @@ from malpi.web.base import BRIDGE, fail
 from malpi.web.bridge import to_json
 
 READ_BYTES = 1024 * 1024
+# One push at a time (the link takes one anyway): bodies wait for none, so without this a few
+# concurrent 64 MiB uploads would hold the console's whole memory.
+PUSHING = web.AppKey("pushing", asyncio.Lock)
 LOAD_TIMEOUT = 300.0  # s: validating a big bundle on a Pi takes seconds, the robot allows 300
 
 
 def add_routes(app: web.Application) -> None:
+    app[PUSHING] = asyncio.Lock()
     app.router.add_get("/api/policies", policies)
     app.router.add_post("/api/policy", upload)
     app.router.add_post("/api/policy/keep", keep)
@@ -50,6 +56,13 @@ async def upload(request: web.Request) -> web.Response:
     length = request.content_length
     if length is not None and length > MAX_BUNDLE_BYTES:
         return _too_large(length)  # nothing read (aiohttp closes the connection after it)
+    if request.app[PUSHING].locked():
+        return fail(409, "busy", "another bundle is being pushed; try again when it is done")
+    async with request.app[PUSHING]:
+        return await _push(request, keep)
+
+
+async def _push(request: web.Request, keep: bool) -> web.Response:
     data = bytearray()
     while chunk := await request.content.read(READ_BYTES):
         data += chunk
