@@ -59,10 +59,14 @@ async function load() {
     ui.body.replaceChildren(h("p", { class: "error" }, `Policies: ${err.message}`));
     return;
   }
+  // One card for a policy that both runs and boots (the usual case), two when they differ.
+  const same = (a, b) => a && b && a.sha256 && a.sha256 === b.sha256;
   const sections = [
-    h("div", { class: "dep-now" },
-      card("Running", list.running, "No policy runs."),
-      card("Boots", list.boot, "Nothing boots: the car has no policy.")),
+    same(list.running, list.boot)
+      ? h("div", { class: "dep-now" }, card("Running, and boots", list.running))
+      : h("div", { class: "dep-now" },
+        card("Running", list.running, "No policy runs."),
+        card("Boots", list.boot, "Nothing boots: the car has no policy.")),
   ];
   if (list.policy_path) {
     sections.push(h("p", { class: "hint" }, `policy.path is set (${list.policy_path}): the car ` +
@@ -73,7 +77,10 @@ async function load() {
     ? h("div", { class: "dep-list" }, ...list.history.map((p) => card(null, p)))
     : h("p", { class: "hint" }, "None kept: the car boots the shipped default."));
   if (list.shipped) {
-    sections.push(h("h2", {}, "Shipped default"), card(null, list.shipped));
+    sections.push(h("h2", {}, "Shipped default"),
+      same(list.shipped, list.running) || same(list.shipped, list.boot)
+        ? h("p", { class: "hint" }, `${list.shipped.label}, shown above.`)
+        : card(null, list.shipped));
   }
   ui.body.replaceChildren(...sections);
 }
