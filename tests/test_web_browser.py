@@ -32,6 +32,11 @@ def steps_from(console, source: str) -> int:
                if topic == "step" and m.get("source") == source)  # fmt: skip
 
 
+def manual(page):
+    page.click("button[data-mode=manual]")
+    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+
+
 def test_a_wrong_password_is_refused_and_the_right_one_shows_the_car(console, chromium):
     page = chromium.new_page(**DESKTOP)
     page.goto(console.url)
@@ -49,8 +54,7 @@ def test_a_wrong_password_is_refused_and_the_right_one_shows_the_car(console, ch
 def test_keyboard_driving_moves_the_car_and_letting_go_stops_it(console, chromium):
     factory = console.daemon.factory
     page = login(chromium.new_page(**DESKTOP), console)
-    page.click("button[data-mode=manual]")
-    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    manual(page)
     page.keyboard.down("ArrowUp")
     wait_until(lambda: moving(factory), timeout=3.0)
     wait_until(lambda: steps_from(console, "human") > 5, timeout=3.0)  # telemetry says so too
@@ -63,8 +67,7 @@ def test_touch_joystick_drives_on_a_phone(console, chromium):
     factory = console.daemon.factory
     context = chromium.new_context(**PHONE)
     page = login(context.new_page(), console)
-    page.click("button[data-mode=manual]")
-    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    manual(page)
     box = page.locator(".stick").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.1  # pushed forward
     cdp = context.new_cdp_session(page)
@@ -82,8 +85,7 @@ def test_closing_the_tab_or_hiding_the_page_stops_the_car(tmp_path, chromium):
     with running_link(config) as daemon, running_console(daemon) as console:
         factory = daemon.factory
         page = login(chromium.new_page(**DESKTOP), console)
-        page.click("button[data-mode=manual]")
-        page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+        manual(page)
         page.keyboard.down("ArrowUp")
         wait_until(lambda: moving(factory), timeout=3.0)
         page.evaluate(
@@ -102,8 +104,7 @@ def test_closing_the_tab_or_hiding_the_page_stops_the_car(tmp_path, chromium):
 def test_a_frozen_page_is_stopped_by_the_deadman(console, chromium):
     factory = console.daemon.factory
     page = login(chromium.new_page(**DESKTOP), console)
-    page.click("button[data-mode=manual]")
-    page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    manual(page)
     page.keyboard.down("ArrowUp")
     wait_until(lambda: moving(factory), timeout=3.0)
     # The page's script hangs for 1.5 s: no drive commands, the socket still open.
