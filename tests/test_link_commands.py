@@ -108,6 +108,10 @@ def test_episodes_and_recording(daemon, tmp_path):
         assert c.record(True).recording
         with pytest.raises(RobotError, match="invalid"):
             c.end_episode("exploded")
+        # A refused float field: the reply still echoes the request's id (v and id are encoded
+        # first), so the client gets the error, not a time-out.
+        with pytest.raises(RobotError, match="final_reward must be finite"):
+            c.end_episode("failed", final_reward=float("nan"))
     loop.recorder.flush()
     store = EpisodeStore(tmp_path / "episodes.sqlite")
     by_id = {e.id: e for e in store.episodes()}

@@ -72,24 +72,29 @@ class ProtocolError(Exception):
 # -- commands (client -> robot) ---------------------------------------------------------
 
 
+# Every request type is kw_only, so that its fields follow ``v`` and ``id`` on the wire: the
+# robot reads a request's id from its first entries only (request_head), and echoes it in an
+# error reply only if it found it there.
 class Request(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     v: int  # the protocol version the client speaks; must equal PROTOCOL_VERSION
     id: UInt = 0  # chosen by the client, echoed in the reply
 
 
-class Ping(Request, tag="ping"):
+class Ping(Request, tag="ping", kw_only=True):
     pass
 
 
-class GetStatus(Request, tag="status"):
+class GetStatus(Request, tag="status", kw_only=True):
     pass
 
 
-class SetMode(Request, tag="set_mode"):
+class SetMode(Request, tag="set_mode", kw_only=True):
     mode: Mode
 
 
-class Drive(Request, tag="drive", omit_defaults=True):  # no sent: encoded as before it
+class Drive(
+    Request, tag="drive", omit_defaults=True, kw_only=True
+):  # no sent: encoded as before it
     action: ActionIndex | None  # an index into the action table; None (nil) = stop
     seq: UInt  # must increase from one drive command to the next (stale ones are ignored)
     # The client's own clock (any epoch, seconds, e.g. a monotonic one) when it sent this. The
@@ -97,20 +102,20 @@ class Drive(Request, tag="drive", omit_defaults=True):  # no sent: encoded as be
     sent: float | None = None
 
 
-class ResetEpisode(Request, tag="reset_episode"):
+class ResetEpisode(Request, tag="reset_episode", kw_only=True):
     pass
 
 
-class EndEpisode(Request, tag="end_episode"):
+class EndEpisode(Request, tag="end_episode", kw_only=True):
     outcome: Outcome  # "failed" marks the episode's last step terminal (the car crashed)
     final_reward: float | None = None  # added to the last step's reward by the trainer
 
 
-class Record(Request, tag="record"):
+class Record(Request, tag="record", kw_only=True):
     on: bool
 
 
-class LoadPolicy(Request, tag="load_policy", omit_defaults=True):
+class LoadPolicy(Request, tag="load_policy", omit_defaults=True, kw_only=True):
     # A policy bundle file (msgpack bin), whole or a part of it. Decoded as a zero-copy view of
     # the received frame, so that a 50 MB bundle is never copied while holding the GIL.
     bundle: memoryview
@@ -125,20 +130,20 @@ class LoadPolicy(Request, tag="load_policy", omit_defaults=True):
     keep: bool = False
 
 
-class RollbackPolicy(Request, tag="rollback_policy"):
+class RollbackPolicy(Request, tag="rollback_policy", kw_only=True):
     pass
 
 
-class KeepPolicy(Request, tag="keep_policy"):
+class KeepPolicy(Request, tag="keep_policy", kw_only=True):
     """Make the running policy the boot policy (e.g. after a push, once it has driven well)."""
 
 
-class ListEpisodes(Request, tag="list_episodes"):
+class ListEpisodes(Request, tag="list_episodes", kw_only=True):
     since: UInt = 0  # only episodes with a larger id (page with the last id received)
     limit: Annotated[int, Meta(ge=1, le=MAX_LIST_EPISODES)] = MAX_LIST_EPISODES
 
 
-class GetEpisode(Request, tag="get_episode"):
+class GetEpisode(Request, tag="get_episode", kw_only=True):
     episode: UInt  # the recorder's episode id (list_episodes, end_episode's ``ended``)
     from_step: UInt = 0  # the first step index wanted (the previous reply's ``next_step``)
     max_steps: Annotated[int, Meta(ge=1, le=MAX_CHUNK_STEPS)] = 256
@@ -147,11 +152,11 @@ class GetEpisode(Request, tag="get_episode"):
 # -- curating the recording (docs/protocol.md, "Curating episodes"): ended episodes only ----
 
 
-class DeleteEpisode(Request, tag="delete_episode"):
+class DeleteEpisode(Request, tag="delete_episode", kw_only=True):
     episode: UInt  # the recorder's episode id
 
 
-class CutEpisode(Request, tag="cut_episode"):
+class CutEpisode(Request, tag="cut_episode", kw_only=True):
     """Remove the steps numbered from_step <= step < to_step (the head keeps the episode; steps
     after a cut in the middle become a new episode)."""
 
@@ -160,13 +165,13 @@ class CutEpisode(Request, tag="cut_episode"):
     to_step: UInt
 
 
-class SetOutcome(Request, tag="set_outcome"):
+class SetOutcome(Request, tag="set_outcome", kw_only=True):
     episode: UInt
     outcome: Outcome  # "failed": the last step is terminal
     final_reward: float | None = None  # replaces the episode's; nil keeps it
 
 
-class ListPolicies(Request, tag="list_policies"):
+class ListPolicies(Request, tag="list_policies", kw_only=True):
     """What runs, what boots, the policy store's history and the shipped default."""
 
 
