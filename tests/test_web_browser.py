@@ -79,6 +79,50 @@ def test_touch_joystick_drives_on_a_phone(console, chromium):
     context.close()
 
 
+def test_the_phones_tilt_drives(console, chromium):
+    """Tilt needs a secure context: loopback is one (elsewhere, HTTPS: docs/web.md)."""
+    factory = console.daemon.factory
+    context = chromium.new_context(**PHONE)
+    page = login(context.new_page(), console)
+    manual(page)
+    page.click("#tilt")
+    page.wait_for_selector("#tilt[aria-pressed=true]")
+
+    def tilt(beta, gamma):
+        page.evaluate(
+            "([b, g]) => window.dispatchEvent(new DeviceOrientationEvent("
+            "'deviceorientation', {alpha: 0, beta: b, gamma: g}))",
+            [beta, gamma],
+        )
+
+    tilt(20, 0)  # tipped forward from 45 degrees: drive on
+    wait_until(lambda: moving(factory), timeout=3.0)
+    tilt(45, 0)  # held level again: a stop at once
+    wait_until(lambda: not moving(factory), timeout=1.0)
+    context.close()
+
+
+def test_a_gamepads_stick_drives(console, chromium):
+    """The browser's Gamepad API, with a pad the page is given (none is plugged in here)."""
+    factory = console.daemon.factory
+    page = login(chromium.new_page(**DESKTOP), console)
+    manual(page)
+
+    def stick(x, y):
+        page.evaluate(
+            "([x, y]) => { navigator.getGamepads = () => [{id: 'Test pad', axes: [x, y], "
+            "buttons: [{pressed: false}]}]; }",
+            [x, y],
+        )
+
+    stick(0.0, -1.0)  # pushed forward
+    wait_until(lambda: moving(factory), timeout=3.0)
+    stick(0.0, 0.0)  # let go
+    wait_until(lambda: not moving(factory), timeout=1.0)
+    assert "Test pad" in page.inner_text(".drive-help")
+    page.close()
+
+
 def test_closing_the_tab_or_hiding_the_page_stops_the_car(tmp_path, chromium):
     # A deadman longer than the waits below: only the console can stop the car this fast.
     config = link_config(tmp_path, **{"safety.deadman_ms": 5000})
