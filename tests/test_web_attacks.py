@@ -7,14 +7,15 @@ import asyncio
 import json
 import time
 
-import aiohttp
 import pytest
 from daemon_helpers import moving, wait_until
 from link_helpers import link_config, running_link
-from web_helpers import Http, running_console
+from web_helpers import Http, running_console  # skips the module without aiohttp
 
 from malpi.web import bridge as bridge_module
 from malpi.web import live
+
+aiohttp = pytest.importorskip("aiohttp")  # imported by web_helpers already
 
 
 @pytest.fixture
