@@ -95,10 +95,17 @@ def test_the_phones_tilt_drives(console, chromium):
             [beta, gamma],
         )
 
-    tilt(20, 0)  # tipped forward from 45 degrees: drive on
+    tilt(None, None)  # what Chromium sends without a sensor: nothing moves
+    page.wait_for_timeout(300)
+    assert not moving(factory)
+    tilt(45, 0)  # the first reading is "level"
+    tilt(20, 0)  # tipped forward from there: drive on
     wait_until(lambda: moving(factory), timeout=3.0)
-    tilt(45, 0)  # held level again: a stop at once
+    tilt(45, 0)  # level again: a stop at once
     wait_until(lambda: not moving(factory), timeout=1.0)
+    tilt(None, None)
+    page.wait_for_timeout(300)
+    assert not moving(factory)
     context.close()
 
 

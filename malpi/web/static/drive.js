@@ -22,7 +22,7 @@ let driving = false;  // a drive went out since the last stop
 let lastInput = 0;  // Unix ms of the latest input event (for the control latency figure)
 const keys = new Set();
 const pad = { active: false, x: 0, y: 0 };
-const tilt = { on: false, x: 0, y: 0 };
+const tilt = { on: false, x: 0, y: 0, zero: null };
 const ui = {};
 const plots = new Plots();
 
@@ -356,6 +356,7 @@ async function toggleTilt() {
       const answer = await DeviceOrientationEvent.requestPermission().catch(() => "denied");
       if (answer !== "granted") { note("tilt: permission refused"); return; }
     }
+    tilt.zero = null;
     window.addEventListener("deviceorientation", onTilt);
   } else {
     window.removeEventListener("deviceorientation", onTilt);
@@ -367,12 +368,15 @@ async function toggleTilt() {
 }
 
 function onTilt(e) {
-  // Held in landscape: gamma tips forward/back, beta turns; portrait: the other way round.
+  // A browser without the sensor fires one event of nulls: never a wish (it once read as
+  // "tipped forward"). The attitude when tilt was switched on is level: tip from there.
+  if (e.beta == null || e.gamma == null) return;
   const landscape = Math.abs(window.orientation ?? screen.orientation?.angle ?? 0) === 90;
   const turn = landscape ? e.beta : e.gamma;
   const push = landscape ? -e.gamma : -e.beta;
-  tilt.x = Math.max(-1, Math.min(1, (turn || 0) / TILT_FULL));
-  tilt.y = Math.max(-1, Math.min(1, ((push || 0) + 45) / TILT_FULL));
+  if (tilt.zero === null) tilt.zero = { turn, push };
+  tilt.x = Math.max(-1, Math.min(1, (turn - tilt.zero.turn) / TILT_FULL));
+  tilt.y = Math.max(-1, Math.min(1, (push - tilt.zero.push) / TILT_FULL));
   lastInput = Date.now();
 }
 
