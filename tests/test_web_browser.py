@@ -55,11 +55,13 @@ def test_keyboard_driving_moves_the_car_and_letting_go_stops_it(console, chromiu
     factory = console.daemon.factory
     page = login(chromium.new_page(**DESKTOP), console)
     manual(page)
+    assert not moving(factory)
     page.keyboard.down("ArrowUp")
     wait_until(lambda: moving(factory), timeout=3.0)
     wait_until(lambda: steps_from(console, "human") > 5, timeout=3.0)  # telemetry says so too
+    assert moving(factory) and steps_from(console, "human") > 5
     page.keyboard.up("ArrowUp")
-    wait_until(lambda: not moving(factory), timeout=1.0)
+    assert wait_until(lambda: not moving(factory), timeout=1.0) < 1.0
     page.close()
 
 
@@ -72,10 +74,12 @@ def test_touch_joystick_drives_on_a_phone(console, chromium):
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.1  # pushed forward
     cdp = context.new_cdp_session(page)
     point = [{"x": x, "y": y, "id": 1}]
+    assert not moving(factory)
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point})
     wait_until(lambda: moving(factory), timeout=3.0)
+    assert moving(factory) and steps_from(console, "human") > 0
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-    wait_until(lambda: not moving(factory), timeout=1.0)
+    assert wait_until(lambda: not moving(factory), timeout=1.0) < 1.0
     context.close()
 
 
