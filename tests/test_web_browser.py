@@ -35,6 +35,9 @@ def steps_from(console, source: str) -> int:
 def manual(page):
     page.click("button[data-mode=manual]")
     page.wait_for_selector("button[data-mode=manual][aria-pressed=true]")
+    # The page knows the robot's action table (its bars are drawn) and the link is live.
+    page.wait_for_selector(".probs .prob")
+    page.wait_for_selector("#link-state.link-live")
 
 
 def test_a_wrong_password_is_refused_and_the_right_one_shows_the_car(console, chromium):
@@ -70,6 +73,7 @@ def test_touch_joystick_drives_on_a_phone(console, chromium):
     context = chromium.new_context(**PHONE)
     page = login(context.new_page(), console)
     manual(page)
+    page.locator(".stick").scroll_into_view_if_needed()  # below the fold on a phone
     box = page.locator(".stick").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.1  # pushed forward
     cdp = context.new_cdp_session(page)
