@@ -81,6 +81,8 @@ def test_touch_joystick_drives_on_a_phone(console, chromium):
     assert not moving(factory)
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": point})
     wait_until(lambda: moving(factory), timeout=3.0)
+    # The step's telemetry is published after its actuation: wait for it too.
+    wait_until(lambda: steps_from(console, "human") > 0, timeout=3.0)
     assert moving(factory) and steps_from(console, "human") > 0
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     assert wait_until(lambda: not moving(factory), timeout=1.0) < 1.0
