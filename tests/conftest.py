@@ -25,3 +25,22 @@ def _cores_given_back():
     before = os.sched_getaffinity(0)
     yield
     assert os.sched_getaffinity(0) == before, "the test left this process on fewer cores"
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A Ray of this machine alone with 2 CPUs, started once for the tests that use Ray.
+
+    Its workers run this interpreter and import malpi as the test process does, and the tests'
+    own modules (for job functions defined in a test)."""
+    ray = pytest.importorskip("ray", reason="needs Ray (the ray extra)")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    ray.init(
+        num_cpus=2,
+        runtime_env={"env_vars": {"PYTHONPATH": tests}},
+        include_dashboard=False,
+        configure_logging=False,
+        object_store_memory=256 * 1024 * 1024,
+    )
+    yield ray
+    ray.shutdown()
