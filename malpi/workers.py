@@ -20,6 +20,7 @@ same seeds, whichever ran them. The learner stays in the calling process.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -100,6 +101,8 @@ def connect(address: str) -> None:
         ) from exc
     if ray.is_initialized():
         return
+    if address != "auto":
+        _check_reachable(address)
     ray.init(
         address=None if address == "auto" else address,
         include_dashboard=False,
@@ -110,6 +113,21 @@ def connect(address: str) -> None:
         int(ray.cluster_resources().get("CPU", 0)),
         len([n for n in ray.nodes() if n.get("Alive")]),
     )
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, and clearly, when nothing listens at ``address``: ``ray.init`` would
+    instead retry for minutes, logging timeouts."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RuntimeError(f"--ray {address!r}: expected auto or HOST:PORT (the head's address)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(
+            f"no Ray cluster answers at {address} ({exc}): is the head started "
+            "(ray start --head) and its port open from here?"
+        ) from None
 
 
 def add_ray_argument(parser: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from malpi.train import eval_cli
 from malpi.train.eval_cli import CAR_NOISE, CARS
 from malpi.train.eval_cli import track_seeds as _seeds
+from malpi.workers import Workers, add_ray_argument
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def register(commands, bench) -> None:
     )
     _sim_args(d)
     d.add_argument("--seed", type=int, default=0, help="random seed (perturbations, looks)")
+    add_ray_argument(d)
     d.set_defaults(func=cmd_demos)
 
     b = sub.add_parser("bc", help="behaviour cloning on recorded episodes -> a policy bundle")
@@ -109,6 +111,7 @@ def register(commands, bench) -> None:
     )
     _sim_args(g)
     _train_args(g)
+    add_ray_argument(g)
     g.set_defaults(func=cmd_dagger)
 
     f = sub.add_parser(
@@ -127,6 +130,7 @@ def register(commands, bench) -> None:
         "--strategy", choices=STRATEGIES, default="auto", help="TensorFlow distribution strategy"
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_argument(f)
     f.set_defaults(func=cmd_default)
 
     c = sub.add_parser("compare", help="measure TBPTT vs stored state + burn-in vs zero state")
@@ -310,6 +314,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.train.demos import DemoConfig, record_demos
 
+    workers = Workers(args.ray)  # first: a cluster that cannot be joined stops us before writing
     config = DemoConfig(
         seeds=args.tracks,
         steps=args.steps,
@@ -318,7 +323,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
         perturb_steps=args.perturb_steps,
         sim=_sim_setup(args, args.image),
     )
-    _print(record_demos(args.out, config, DEFAULT_ACTIONS, seed=args.seed), None)
+    _print(record_demos(args.out, config, DEFAULT_ACTIONS, seed=args.seed, workers=workers), None)
     return 0
 
 
@@ -376,6 +381,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
     from malpi.train.dagger import DaggerConfig, dagger
     from malpi.train.distribute import make_strategy
 
+    workers = Workers(args.ray)
     spec, weights, workdir, meta = _train(args, args.out)
     parent = meta["parent"]
     actions = parent.actions if parent else DEFAULT_ACTIONS
@@ -403,6 +409,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         strategy=make_strategy(args.strategy),
         seed=args.seed,
+        workers=workers,
     )
     bundle = export_bundle(
         weights,
@@ -426,6 +433,7 @@ def cmd_dagger(args: argparse.Namespace) -> int:
 def cmd_default(args: argparse.Namespace) -> int:
     from malpi.train.recipe import DEFAULT_RECIPE, run_recipe
 
+    workers = Workers(args.ray)
     report = run_recipe(
         DEFAULT_RECIPE,
         args.workdir,
@@ -433,6 +441,7 @@ def cmd_default(args: argparse.Namespace) -> int:
         picture=args.picture,
         strategy_kind=args.strategy,
         progress=not args.no_progress and sys.stderr.isatty(),
+        workers=workers,
     )
     _print(report, None)
     return 0

@@ -21,6 +21,10 @@ drives, the operator corrects it, and each correction is a step with
 (``StepWeights.intervention``), while the policy's own steps are context only.
 Pass those databases as ``extra_data`` (``malpi train dagger --data car.sqlite``),
 or retrain on them directly with ``malpi train bc --init CURRENT.malpi``.
+
+The roll-outs are :class:`~malpi.workers.Workers` jobs, one per episode with a
+random generator of its own (see :mod:`malpi.train.demos`): here, or as Ray
+tasks with ``--ray``, the same episodes. Writing and retraining stay here.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,16 @@ import numpy as np
 from malpi.actions import ActionTable
 from malpi.policy.bundle import PolicyBundle
 from malpi.policy.spec import PolicySpec
-from malpi.train.demos import Choice, SimSetup, drive_episode, open_recorder, write_episode
+from malpi.train.demos import (
+    Choice,
+    EpisodeJob,
+    SimEpisode,
+    SimSetup,
+    drive_job,
+    open_recorder,
+    write_episode,
+)
+from malpi.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +117,51 @@ class PolicyDriver:
         return Choice(r.action, "policy", r.probs, r.value)
 
 
+# One step runtime per process, built at its first roll-out of a bundle: a Ray worker runs
+# many roll-outs of the same bundle, and building the interpreter every episode would cost more
+# than a short episode. Only the latest is kept (each DAgger iteration has a new bundle).
+_policy_cache: dict[tuple[str, str], Any] = {}
+
+
+def _step_policy(bundle: PolicyBundle, backend: str) -> Any:
+    from malpi.policy.runtime import StepPolicy
+
+    key = (bundle.sha256, backend)
+    if key not in _policy_cache:
+        _policy_cache.clear()
+        _policy_cache[key] = StepPolicy(bundle, backend=backend)
+    return _policy_cache[key]
+
+
+def rollout_episode(
+    shared: tuple[PolicyBundle, DaggerConfig, float], job: EpisodeJob
+) -> tuple[SimEpisode, dict[str, Any]]:
+    """The Workers job: one roll-out of the bundle at ``beta``, every state labelled."""
+    bundle, config, beta = shared
+    policy = _step_policy(bundle, config.backend)  # PolicyDriver resets it at step 0
+
+    def mixture(rng: np.random.Generator) -> PolicyDriver:
+        return PolicyDriver(policy, beta, rng, config.takeover, config.release)
+
+    return drive_job(config.sim, job, config.steps, bundle.actions, mixture)
+
+
 def roll_out(
     bundle: PolicyBundle,
     database: str | os.PathLike[str],
     seeds: Sequence[int],
     config: DaggerConfig,
     beta: float,
-    rng: np.random.Generator,
+    seed: int = 0,
     iteration: int = 0,
+    workers: Workers | None = None,
 ) -> dict[str, Any]:
-    """Drive ``bundle`` on each track in ``seeds``, label with the expert, append to ``database``."""
-    from malpi.policy.runtime import StepPolicy
+    """Drive ``bundle`` on each track in ``seeds``, label with the expert, append to ``database``.
 
-    policy = StepPolicy(bundle, backend=config.backend)
-    driver = PolicyDriver(policy, beta, rng, config.takeover, config.release)
+    Episode ``i`` draws from its own generator, seeded by ``(seed, iteration, track, i)``; the
+    episodes run on ``workers`` (here, by default) and are written here, in order."""
+    workers = workers or Workers()
+    jobs = [EpisodeJob(int(t), i, (seed, iteration, int(t), i)) for i, t in enumerate(seeds)]
     recorder = open_recorder(database, config.steps)
     stats = {
         "episodes": 0,
@@ -128,27 +172,14 @@ def roll_out(
         "left_track": 0,
     }
     started = time.monotonic()
+    episode_config = {"driver": "policy", "dagger": {"iteration": iteration, "beta": beta}}
     try:
-        for track_seed in seeds:
-            randomize = bool(rng.uniform() < config.sim.randomize)
-            env = config.sim.make_env(int(track_seed), config.steps, randomize, bundle.actions)
-            env_seed = int(rng.integers(2**31))
-            ep = drive_episode(env, driver, env_seed)
-            sim_info = {
-                **asdict(config.sim),
-                "track_seed": int(track_seed),
-                "env_seed": env_seed,
-                "randomized": randomize,
-            }
+        for ep, sim_info in workers.map(rollout_episode, jobs, (bundle, config, beta)):
             write_episode(
                 recorder,
                 ep,
                 bundle.actions,
-                {
-                    "simulator": sim_info,
-                    "driver": "policy",
-                    "dagger": {"iteration": iteration, "beta": beta},
-                },
+                {"simulator": sim_info, **episode_config},
                 config.sim.dt,
                 policy_version=bundle.label,
             )
@@ -191,9 +222,11 @@ def dagger(
     val_fraction: float = 0.1,
     strategy: Any = None,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Run ``config.iterations`` DAgger iterations from ``weights``; returns the final weights
-    and a record per iteration. Resumable: finished iterations are skipped on a rerun."""
+    and a record per iteration. Resumable: finished iterations are skipped on a rerun.
+    The roll-outs run on ``workers`` (here, by default); the training runs here."""
     from malpi.train.bc import Trainer, export_bundle, load_weights
     from malpi.train.episodes import load_episodes, split_episodes
 
@@ -210,7 +243,6 @@ def dagger(
             weights = load_weights(itdir / "weights.npz")
             continue
         itdir.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng([seed, it])
         marker = itdir / "rollouts.json"
         if marker.exists():
             stats = json.loads(marker.read_text())
@@ -226,7 +258,9 @@ def dagger(
             chunk = seeds[it * config.episodes : (it + 1) * config.episodes]
             if len(chunk) < config.episodes:
                 raise ValueError(f"DAgger needs {config.iterations * config.episodes} track seeds")
-            stats = roll_out(bundle, rollouts, chunk, config, config.beta_at(it), rng, it + 1)
+            stats = roll_out(
+                bundle, rollouts, chunk, config, config.beta_at(it), seed, it + 1, workers
+            )
             marker.write_text(json.dumps(stats))
         episodes = load_episodes(
             [*data, rollouts, *extra_data], actions, (spec.image_height, spec.image_width)

@@ -11,6 +11,12 @@ drove: an injected perturbation here, the policy in DAgger.
 Perturbations (as in DART): now and then a random action is held for a few
 steps while the label stays the expert's, so the data shows the car drifting
 off the ideal line and how to come back, which pure expert driving never does.
+
+Each episode is a :class:`~malpi.workers.Workers` job (:class:`EpisodeJob`):
+a pure function of the configuration and the job, its random draws (looks,
+start, perturbations) from a generator of its own, so the episodes come out
+the same whether they run here one after another or as Ray tasks
+(``--ray``); this process writes them, in order.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, ActionTable
 from malpi.sim import DEFAULT_DT
 from malpi.train.episodes import LABELS_KEY
+from malpi.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,43 @@ def drive_episode(env: Any, driver: Driver, env_seed: int) -> SimEpisode:
             return ep
 
 
+@dataclass(frozen=True)
+class EpisodeJob:
+    """One simulated episode as a job: its track, its index, and the entropy of its own
+    random generator (the run's seed and what places the episode in the run)."""
+
+    track_seed: int
+    episode: int
+    entropy: tuple[int, ...]
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(list(self.entropy))
+
+
+def drive_job(
+    sim: SimSetup,
+    job: EpisodeJob,
+    steps: int,
+    actions: ActionTable,
+    make_driver: Callable[[np.random.Generator], Driver],
+) -> tuple[SimEpisode, dict[str, Any]]:
+    """Drive the episode ``job`` describes; every random draw comes from the job's own
+    generator (looks, start, and the driver's), so it depends on nothing else."""
+    rng = job.rng()
+    randomize = bool(rng.uniform() < sim.randomize)
+    env = sim.make_env(job.track_seed, steps, randomize, actions)
+    env_seed = int(rng.integers(2**31))
+    ep = drive_episode(env, make_driver(rng), env_seed)
+    env.close()
+    sim_info = {
+        **asdict(sim),
+        "track_seed": job.track_seed,
+        "env_seed": env_seed,
+        "randomized": randomize,
+    }
+    return ep, sim_info
+
+
 def write_episode(
     recorder: Any,
     ep: SimEpisode,
@@ -206,48 +250,49 @@ class ExpertWithPerturbations:
         return Choice(expert, "human")
 
 
+def demo_episode(
+    shared: tuple[DemoConfig, ActionTable], job: EpisodeJob
+) -> tuple[SimEpisode, dict[str, Any]]:
+    """The Workers job: one perturbed expert episode and its simulator settings."""
+    config, actions = shared
+
+    def expert(rng: np.random.Generator) -> Driver:
+        return ExpertWithPerturbations(len(actions), config.perturb_prob, config.perturb_steps, rng)
+
+    ep, sim_info = drive_job(config.sim, job, config.steps, actions, expert)
+    return ep, {**sim_info, "episode": job.episode}
+
+
 def record_demos(
     path: str | os.PathLike[str],
     config: DemoConfig = DemoConfig(),
     actions: ActionTable = DEFAULT_ACTIONS,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> dict[str, Any]:
-    """Drive the expert on ``config.seeds`` and append the episodes to the database ``path``."""
-    rng = np.random.default_rng(seed)
+    """Drive the expert on ``config.seeds`` and append the episodes to the database ``path``.
+
+    The episodes run on ``workers`` (here, by default); they are written here, in order."""
+    workers = workers or Workers()
+    jobs = [
+        EpisodeJob(int(t), k, (seed, int(t), k))
+        for t in config.seeds
+        for k in range(config.episodes_per_track)
+    ]
     recorder = open_recorder(path, config.steps)
     stats = {"episodes": 0, "steps": 0, "left_track": 0}
     started = time.monotonic()
     try:
-        for track_seed in config.seeds:
-            for k in range(config.episodes_per_track):
-                randomize = bool(rng.uniform() < config.sim.randomize)
-                env = config.sim.make_env(track_seed, config.steps, randomize, actions)
-                env_seed = int(rng.integers(2**31))
-                driver = ExpertWithPerturbations(
-                    len(actions), config.perturb_prob, config.perturb_steps, rng
-                )
-                ep = drive_episode(env, driver, env_seed)
-                sim_info = {
-                    **asdict(config.sim),
-                    "track_seed": int(track_seed),
-                    "env_seed": env_seed,
-                    "randomized": randomize,
-                    "episode": k,
-                }
-                write_episode(
-                    recorder,
-                    ep,
-                    actions,
-                    {
-                        "simulator": sim_info,
-                        "driver": "expert",
-                        "perturb_prob": config.perturb_prob,
-                    },
-                    config.sim.dt,
-                )
-                stats["episodes"] += 1
-                stats["steps"] += len(ep)
-                stats["left_track"] += int(ep.terminated)
+        for ep, sim_info in workers.map(demo_episode, jobs, (config, actions)):
+            episode_config = {
+                "simulator": sim_info,
+                "driver": "expert",
+                "perturb_prob": config.perturb_prob,
+            }
+            write_episode(recorder, ep, actions, episode_config, config.sim.dt)
+            stats["episodes"] += 1
+            stats["steps"] += len(ep)
+            stats["left_track"] += int(ep.terminated)
     finally:
         recorder.close()
     if recorder.error is not None:

@@ -17,6 +17,10 @@ from its last checkpoint):
 
 Tracks: demonstrations use seeds 0-59 and roll-outs 500-589, all in the
 training range (0-999); evaluation uses 1000-1009, which nothing trains on.
+
+With ``--ray`` the simulator work of stages 1 and 3 (demonstrations,
+roll-outs) runs as Ray tasks and the training here; the results are the
+same as without it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from malpi.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +106,11 @@ def run_recipe(
     picture: str | os.PathLike[str] | None = None,
     strategy_kind: str = "auto",
     progress: bool = False,
+    workers: Workers | None = None,
 ) -> dict[str, Any]:
-    """Train, export to ``out``, evaluate; returns the report (also in WORKDIR/report.json)."""
+    """Train, export to ``out``, evaluate; returns the report (also in WORKDIR/report.json).
+
+    ``workers`` (a :class:`malpi.workers.Workers`; here by default) runs the simulator drives."""
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.policy.spec import DEFAULT_SPEC
     from malpi.train.bc import Trainer, export_bundle, load_weights, save_weights
@@ -134,7 +143,9 @@ def run_recipe(
             perturb_steps=recipe.perturb_steps,
             sim=sim,
         )
-        stats = stages.run("demos", lambda: record_demos(demos, config, actions, recipe.seed))
+        stats = stages.run(
+            "demos", lambda: record_demos(demos, config, actions, recipe.seed, workers)
+        )
         demos_done.write_text(json.dumps(stats))
 
     # 2. behaviour cloning
@@ -174,6 +185,7 @@ def run_recipe(
                 val_fraction=recipe.val_fraction,
                 strategy=strategy,
                 seed=recipe.seed,
+                workers=workers,
             )
             save_weights(final, weights)
             return record
@@ -235,7 +247,11 @@ def _evaluate(bundle: Any, recipe: Recipe, workdir: Path, picture: Any) -> dict[
             log.warning("no %s evaluation: the bundle has no model for it", backend)
             continue
         report, drives = evaluate_bundle(
-            bundle, backend=backend, car=recipe.car, held_out=held_out, seed=recipe.seed
+            bundle,
+            backend=backend,
+            car=recipe.car,
+            held_out=held_out,
+            seed=recipe.seed,
         )
         (workdir / f"eval-{backend}.json").write_text(json.dumps(report, indent=1))
         write_evaluation_pictures(workdir / f"eval-{backend}", report, drives)
