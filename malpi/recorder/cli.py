@@ -49,13 +49,44 @@ def register(commands: Any, bench: Any) -> None:
 
     p = actions.add_parser(
         "export", parents=[db],
-        help="export an episode to a directory (frames/*.jpg, steps.csv, episode.json) "
-        "or copy it into another database (--out FILE.sqlite)",
+        help="export an episode to a directory (frames/*.jpg, steps.csv, episode.json), "
+        "copy it into another database (--out FILE.sqlite), or export episodes as a "
+        "LeRobot dataset (--format lerobot)",
     )  # fmt: skip
-    p.add_argument("episode", type=int, metavar="N", help="the episode's ID (malpi episodes list)")
+    p.add_argument(
+        "episodes", type=int, nargs="*", metavar="N",
+        help="the episode's ID (malpi episodes list); for --format lerobot any number "
+        "(default: every ended episode)",
+    )  # fmt: skip
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR|FILE.sqlite",
         help="a new directory, or an episode database (.sqlite/.sqlite3/.db) to copy into",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=("dir", "sqlite", "lerobot"), default=None,
+        help="dir: frames, steps.csv, episode.json; sqlite: copy into a database; lerobot: a "
+        "LeRobotDataset v3.0 (parquet + mp4; needs malpi[data]). Default: sqlite for a "
+        ".sqlite/.sqlite3/.db --out, else dir",
+    )  # fmt: skip
+    p.add_argument(
+        "--all", action="store_true",
+        help="lerobot: every ended episode (the default when no N is given)",
+    )  # fmt: skip
+    p.add_argument(
+        "--task", default=None, metavar="TEXT",
+        help='lerobot: the task string every episode carries (default: "drive the track")',
+    )  # fmt: skip
+    p.add_argument(
+        "--repo-id", default=None, metavar="NAME",
+        help="lerobot: the Hub dataset name (user/name), written into the dataset card",
+    )  # fmt: skip
+    p.add_argument(
+        "--fps", type=int, default=None, metavar="N",
+        help="lerobot: frames per second (default: the episodes' recorded control rate)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vcodec", choices=("av1", "h264"), default="av1",
+        help="lerobot: the video codec (av1, LeRobot's default, or h264)",
     )  # fmt: skip
     p.set_defaults(func=_export)
 
@@ -313,12 +344,43 @@ def _delete(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from malpi.recorder.export import DATABASE_SUFFIXES, copy_episode, export_directory
 
+    fmt = args.format or ("sqlite" if args.out.suffix.lower() in DATABASE_SUFFIXES else "dir")
+    if fmt == "lerobot":
+        return _export_lerobot(args)
+    lerobot_only = [
+        flag for flag, value in (("--all", args.all), ("--task", args.task),
+                                 ("--repo-id", args.repo_id), ("--fps", args.fps))
+        if value not in (None, False)
+    ]  # fmt: skip
+    if lerobot_only:
+        raise ValueError(f"{', '.join(lerobot_only)}: only with --format lerobot")
+    if len(args.episodes) != 1:
+        raise ValueError(f"--format {fmt} exports one episode: give one N")
+    (episode,) = args.episodes
     with _open(args) as store:
-        if args.out.suffix.lower() in DATABASE_SUFFIXES:
-            new_id = copy_episode(store, args.episode, args.out)
-            print(f"copied episode {args.episode} into {args.out} as episode {new_id}")
+        if fmt == "sqlite":
+            new_id = copy_episode(store, episode, args.out)
+            print(f"copied episode {episode} into {args.out} as episode {new_id}")
         else:
-            export_directory(store, args.episode, args.out)
-            n = store.count_steps(args.episode)
-            print(f"exported episode {args.episode} ({n} steps) to {args.out}")
+            export_directory(store, episode, args.out)
+            n = store.count_steps(episode)
+            print(f"exported episode {episode} ({n} steps) to {args.out}")
+    return 0
+
+
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from malpi.recorder.lerobot import DEFAULT_TASK, export_lerobot
+
+    if args.all and args.episodes:
+        raise ValueError("give episode IDs or --all, not both")
+    with _open(args) as store:
+        result = export_lerobot(
+            store, args.episodes or None, args.out, task=args.task or DEFAULT_TASK,
+            repo_id=args.repo_id, fps=args.fps, vcodec=args.vcodec,
+        )  # fmt: skip
+    skipped = f"; skipped {result.skipped} (running or empty)" if result.skipped else ""
+    print(
+        f"exported {len(result.episodes)} episodes ({result.frames} frames at {result.fps} fps, "
+        f"{result.vcodec} video) to {result.out} as a LeRobot dataset{skipped}"
+    )
     return 0
