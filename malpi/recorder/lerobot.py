@@ -384,7 +384,9 @@ class _Video:
             self._container = None
 
     def size_mb(self) -> float:
-        return self.path.stat().st_size / 2**20
+        # What has reached the disk: the muxer opens the file with its first packet, and the
+        # encoder holds a few frames back.
+        return self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
 
 
 def _next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
