@@ -2,11 +2,13 @@
 """Open a ``malpi episodes export --format lerobot`` dataset with LeRobot's own reader.
 
 Run by hand, in a virtual environment of its own with ``lerobot`` (it needs torch; MaLPi
-does not, and this is not part of the tests)::
+does not, and this is not part of the tests). lerobot 0.4.4 pins torch < 2.11; how it was
+run with the CPU torch 2.13 (``--no-deps``): docs/data.md, "What LeRobot does with it"::
 
-    python3 -m venv /tmp/lr && /tmp/lr/bin/pip install torch==2.13.0 lerobot
+    python3 -m venv /tmp/lr && /tmp/lr/bin/pip install torch==2.13.0
+    /tmp/lr/bin/pip install --no-deps lerobot==0.4.4   # then what its dataset module imports
     malpi episodes export --format lerobot --out /tmp/ds
-    HF_HUB_OFFLINE=1 /tmp/lr/bin/python tools/check-lerobot.py /tmp/ds --db episodes.sqlite
+    /tmp/lr/bin/python tools/check-lerobot.py /tmp/ds --db episodes.sqlite --video-backend pyav
 
 It loads the directory with ``LeRobotDataset(repo_id, root=DIR)`` (offline), checks the
 frame and episode counts against meta/info.json, reads the first and last frame of every
