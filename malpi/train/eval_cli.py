@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from malpi.workers import add_ray_argument
+
 log = logging.getLogger(__name__)
 
 # The same as malpi.policy.runtime.BACKENDS: spelled out here because registering a command must
@@ -71,6 +73,7 @@ def register(commands, train) -> None:
         "--pictures", metavar="DIR", help="write trajectories.png and confusion.png here"
     )
     e.add_argument("--seed", type=int, default=0, help="car noise seed")
+    add_ray_argument(e)
     e.set_defaults(func=cmd_eval)
 
     q = train.add_parser(
@@ -104,7 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from malpi.actions import DEFAULT_ACTIONS
     from malpi.policy.bundle import PolicyBundle
     from malpi.train.evaluate import DEFAULT_CAR, evaluate_bundle, held_out_from_episodes
+    from malpi.workers import Workers
 
+    workers = Workers(args.ray)  # first: a cluster that cannot be joined fails before any work
     bundle = PolicyBundle.load(args.bundle)
     car = args.car or bundle.manifest["provenance"].get("car") or DEFAULT_CAR
     held_out = None
@@ -127,6 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         car_noise=args.car_noise,
         held_out=held_out,
         seed=args.seed,
+        workers=workers,
     )
     if args.pictures:
         from malpi.train.pictures import write_evaluation_pictures

@@ -14,6 +14,11 @@ state carried, exactly as the daemon runs it:
   has driven ``laps`` laps, left the track, or run out of steps: laps, whether
   it left the track, mean and largest cross-track error, mean speed, and the
   path it drove (for the pictures).
+
+Each track is a :class:`~malpi.workers.Workers` job (:func:`track_job`: the drive, then the
+expert's held-out drive scored), so ``malpi eval --ray`` runs the tracks as Ray tasks. The jobs
+return per-step figures and the calling process adds them up in track order, so the report is
+the same, to the last bit, wherever the tracks ran.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from malpi.actions import NO_ACTION
 from malpi.policy.bundle import PolicyBundle
+from malpi.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,44 @@ def drive_track(
     )
 
 
+@dataclass(frozen=True)
+class TrackSettings:
+    """What every track's job shares besides the bundle (``backend`` already resolved)."""
+
+    backend: str
+    laps: int = 3
+    max_steps: int = 3000
+    car: str = DEFAULT_CAR
+    car_noise: float = 1.0
+    seed: int = 0
+    expert_steps: int = 600  # the held-out expert drive's length
+
+
+# One step runtime per process, built at its first track of a bundle: a Ray worker runs many
+# tracks of the same bundle, and building the interpreter per track would cost about as much as
+# a short drive. Only the latest is kept. Its LSTM state is reset at every episode's start, so a
+# reused runtime steps as a new one would.
+_policy_cache: dict[tuple[str, str], Any] = {}
+
+
+def step_policy(bundle: PolicyBundle, backend: str) -> Any:
+    """This process's StepPolicy of ``bundle`` on ``backend`` (built once, then reused)."""
+    from malpi.policy.runtime import StepPolicy
+
+    key = (bundle.sha256, backend)
+    if key not in _policy_cache:
+        _policy_cache.clear()
+        _policy_cache[key] = StepPolicy(bundle, backend=backend)
+    return _policy_cache[key]
+
+
+def drive_job(shared: tuple[PolicyBundle, TrackSettings], track_seed: int) -> DriveResult:
+    """The Workers job of :func:`closed_loop`: the bundle drives one track."""
+    bundle, s = shared
+    policy = step_policy(bundle, s.backend)
+    return drive_track(policy, track_seed, s.laps, s.max_steps, s.car, s.car_noise, s.seed)
+
+
 def closed_loop(
     bundle: PolicyBundle,
     seeds: Iterable[int] | None = None,
@@ -132,25 +176,32 @@ def closed_loop(
     car: str = DEFAULT_CAR,
     car_noise: float = 1.0,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> list[DriveResult]:
-    """Drive every track in ``seeds`` (default: the standard evaluation set)."""
-    from malpi.policy.runtime import StepPolicy
+    """Drive every track in ``seeds`` (default: the standard evaluation set), one job per track."""
+    from malpi.policy.runtime import resolve_backend
     from malpi.sim.track import STANDARD_EVAL_SEEDS
 
-    policy = StepPolicy(bundle, backend=backend)
+    settings = TrackSettings(
+        resolve_backend(bundle, backend), laps, max_steps, car, car_noise, seed
+    )
+    tracks = [int(s) for s in (STANDARD_EVAL_SEEDS if seeds is None else seeds)]
     results = []
-    for s in STANDARD_EVAL_SEEDS if seeds is None else seeds:
-        r = drive_track(policy, int(s), laps, max_steps, car, car_noise, seed)
-        log.info(
-            "track %d: %d laps%s, mean |cte| %.3f m, %.2f m/s",
-            r.track_seed,
-            r.laps,
-            " (left the track)" if r.left_track else "",
-            r.mean_cte,
-            r.mean_speed,
-        )
+    for r in (workers or Workers()).map(drive_job, tracks, (bundle, settings)):
+        _log_drive(r)
         results.append(r)
     return results
+
+
+def _log_drive(r: DriveResult) -> None:
+    log.info(
+        "track %d: %d laps%s, mean |cte| %.3f m, %.2f m/s",
+        r.track_seed,
+        r.laps,
+        " (left the track)" if r.left_track else "",
+        r.mean_cte,
+        r.mean_speed,
+    )
 
 
 # -- the policy as a predictor --------------------------------------------------------------------
@@ -167,6 +218,35 @@ class HeldOut:
     weights: np.ndarray  # (T,)
 
 
+def expert_drive(
+    bundle: PolicyBundle,
+    track_seed: int,
+    steps: int = 600,
+    car: str = DEFAULT_CAR,
+    car_noise: float = 1.0,
+    seed: int = 0,
+) -> HeldOut:
+    """The expert driving one evaluation track from the start line (a held-out episode)."""
+    env = sim_env(track_seed, bundle, car, car_noise, steps)
+    obs, _ = env.reset(seed=seed)
+    frames, actions = [], []
+    for _ in range(steps):
+        a = env.expert_action()
+        frames.append(obs)
+        actions.append(a)
+        obs, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
+            break
+    a = np.asarray(actions, np.int64)
+    return HeldOut(f"expert@{track_seed}", np.stack(frames), a, a, np.ones(len(a), np.float32))
+
+
+def expert_job(shared: tuple[PolicyBundle, TrackSettings], track_seed: int) -> HeldOut:
+    """The Workers job of :func:`expert_drives`."""
+    bundle, s = shared
+    return expert_drive(bundle, track_seed, s.expert_steps, s.car, s.car_noise, s.seed)
+
+
 def expert_drives(
     bundle: PolicyBundle,
     seeds: Iterable[int] | None = None,
@@ -174,25 +254,17 @@ def expert_drives(
     car: str = DEFAULT_CAR,
     car_noise: float = 1.0,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> list[HeldOut]:
-    """The expert driving each evaluation track from the start line (held-out episodes)."""
+    """The expert driving each evaluation track from the start line (held-out episodes).
+
+    On Ray each episode's frames (35 MB at 160x120 and 600 steps) come back through the object
+    store; :func:`evaluate_bundle` scores them where they are made instead."""
     from malpi.sim.track import STANDARD_EVAL_SEEDS
 
-    out = []
-    for s in STANDARD_EVAL_SEEDS if seeds is None else seeds:
-        env = sim_env(int(s), bundle, car, car_noise, steps)
-        obs, _ = env.reset(seed=seed)
-        frames, actions = [], []
-        for _ in range(steps):
-            a = env.expert_action()
-            frames.append(obs)
-            actions.append(a)
-            obs, _, terminated, truncated, _ = env.step(a)
-            if terminated or truncated:
-                break
-        a = np.asarray(actions, np.int64)
-        out.append(HeldOut(f"expert@{s}", np.stack(frames), a, a, np.ones(len(a), np.float32)))
-    return out
+    settings = TrackSettings("unused", car=car, car_noise=car_noise, seed=seed, expert_steps=steps)
+    tracks = [int(s) for s in (STANDARD_EVAL_SEEDS if seeds is None else seeds)]
+    return list((workers or Workers()).map(expert_job, tracks, (bundle, settings)))
 
 
 def held_out_from_episodes(episodes: Sequence[Any]) -> list[HeldOut]:
@@ -212,26 +284,48 @@ def held_out_from_episodes(episodes: Sequence[Any]) -> list[HeldOut]:
     ]
 
 
-def next_action_metrics(
-    bundle: PolicyBundle, episodes: Sequence[HeldOut], backend: str = "auto"
-) -> dict[str, Any]:
-    """Next-action accuracy, log-likelihood per step and the confusion matrix (weighted by step)."""
-    from malpi.policy.runtime import StepPolicy
+@dataclass
+class StepScores:
+    """The policy scored on one held-out episode, step by step (added up by :func:`combine`)."""
 
-    policy = StepPolicy(bundle, backend=backend)
-    n = bundle.spec.num_actions
-    confusion = np.zeros((n, n))
+    targets: np.ndarray  # (T,) int64
+    predicted: np.ndarray  # (T,) int64, the most probable action
+    weights: np.ndarray  # (T,) float64
+    log_probs: np.ndarray  # (T,) float64, log of the target's probability (floored at 1e-12)
+
+
+def score_episode(policy: Any, ep: HeldOut) -> StepScores:
+    """``policy`` fed ``ep``'s frames and the actions taken, its state carried from a reset."""
+    policy.reset()
+    prev = NO_ACTION
+    n = len(ep.actions)
+    predicted, log_probs = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    for t in range(n):
+        probs = policy.step(ep.frames[t], prev).probs
+        predicted[t] = int(np.argmax(probs))
+        log_probs[t] = math.log(max(float(probs[int(ep.targets[t])]), 1e-12))
+        prev = int(ep.actions[t])
+    targets = np.asarray(ep.targets, np.int64)
+    return StepScores(targets, predicted, np.asarray(ep.weights, np.float64), log_probs)
+
+
+def combine(scores: Iterable[StepScores], num_actions: int) -> dict[str, Any]:
+    """Next-action accuracy, log-likelihood per step and the confusion matrix (weighted by step).
+
+    One running sum over every step in episode order, whichever process scored them, so the
+    floats are the same however the episodes were spread."""
+    confusion = np.zeros((num_actions, num_actions))
     loglik = 0.0
-    for ep in episodes:
-        policy.reset()
-        prev = NO_ACTION
-        for t in range(len(ep.actions)):
-            probs = policy.step(ep.frames[t], prev).probs
-            w = float(ep.weights[t])
-            target = int(ep.targets[t])
-            confusion[target, int(np.argmax(probs))] += w
-            loglik += w * math.log(max(float(probs[target]), 1e-12))
-            prev = int(ep.actions[t])
+    for sc in scores:
+        for target, pred, w, logp in zip(
+            sc.targets.tolist(),
+            sc.predicted.tolist(),
+            sc.weights.tolist(),
+            sc.log_probs.tolist(),
+            strict=True,
+        ):
+            confusion[target, pred] += w
+            loglik += w * logp
     total = max(confusion.sum(), 1e-9)
     return {
         "next_action_accuracy": float(np.trace(confusion) / total),
@@ -239,6 +333,30 @@ def next_action_metrics(
         "steps": int(round(confusion.sum())),
         "confusion": confusion.tolist(),
     }
+
+
+def next_action_metrics(
+    bundle: PolicyBundle, episodes: Sequence[HeldOut], backend: str = "auto"
+) -> dict[str, Any]:
+    """Next-action accuracy, log-likelihood per step and the confusion matrix (weighted by step).
+
+    Scored here: an episode's frames are bigger to send to a worker than scoring them costs."""
+    from malpi.policy.runtime import resolve_backend
+
+    policy = step_policy(bundle, resolve_backend(bundle, backend))
+    return combine((score_episode(policy, ep) for ep in episodes), bundle.spec.num_actions)
+
+
+def track_job(
+    shared: tuple[PolicyBundle, TrackSettings], track_seed: int
+) -> tuple[DriveResult, StepScores]:
+    """The Workers job of :func:`evaluate_bundle`: one track driven, and the expert's held-out
+    drive of it scored (its frames stay in the worker)."""
+    bundle, s = shared
+    policy = step_policy(bundle, s.backend)
+    drive = drive_track(policy, track_seed, s.laps, s.max_steps, s.car, s.car_noise, s.seed)
+    expert = expert_drive(bundle, track_seed, s.expert_steps, s.car, s.car_noise, s.seed)
+    return drive, score_episode(policy, expert)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -254,19 +372,31 @@ def evaluate_bundle(
     car_noise: float = 1.0,
     held_out: Sequence[HeldOut] | None = None,
     seed: int = 0,
+    workers: Workers | None = None,
 ) -> tuple[dict[str, Any], list[DriveResult]]:
-    """The report ``malpi eval`` prints (JSON-ready) and the drives behind it."""
+    """The report ``malpi eval`` prints (JSON-ready) and the drives behind it.
+
+    ``held_out``: the episodes to score as a predictor (default: the expert driving each track,
+    in that track's job); ``workers``: where the tracks run (default: here, in order)."""
     from malpi.policy.runtime import resolve_backend
     from malpi.sim.track import STANDARD_EVAL_SEEDS
 
     backend = resolve_backend(bundle, backend)  # the report names what ran
 
-    seeds = list(STANDARD_EVAL_SEEDS if seeds is None else seeds)
+    seeds = [int(s) for s in (STANDARD_EVAL_SEEDS if seeds is None else seeds)]
+    settings = TrackSettings(backend, laps, max_steps, car, car_noise, seed)
+    workers = workers or Workers()
     started = time.monotonic()
-    drives = closed_loop(bundle, seeds, backend, laps, max_steps, car, car_noise, seed)
-    if held_out is None:
-        held_out = expert_drives(bundle, seeds, car=car, car_noise=car_noise, seed=seed)
-    predictor = next_action_metrics(bundle, held_out, backend) if held_out else {}
+    if held_out is None:  # the expert's drives of the same tracks, in the same jobs
+        drives, scores = [], []
+        for drive, score in workers.map(track_job, seeds, (bundle, settings)):
+            _log_drive(drive)
+            drives.append(drive)
+            scores.append(score)
+        predictor = combine(scores, bundle.spec.num_actions)
+    else:
+        drives = closed_loop(bundle, seeds, backend, laps, max_steps, car, car_noise, seed, workers)
+        predictor = next_action_metrics(bundle, held_out, backend) if held_out else {}
     report = {
         "bundle": bundle.label,
         "backend": backend,
