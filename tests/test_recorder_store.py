@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from recorder_helpers import check_stored, meta_for, step_for
 
@@ -346,3 +347,101 @@ def test_a_cut_episode_trains_as_contiguous_sequences(db):
         store.cut_episode(1, 2, 4)
     episodes = {e.origin.rsplit("#")[1]: e for e in read_store(db, DEFAULT_ACTIONS)}
     assert {k: len(e.actions) for k, e in episodes.items()} == {"1": 2, "2": 4, "4": 2}
+
+
+# -- schema version 2: the motor command actually sent (step_commands) ------------------------
+
+
+def _add_commands(db, episode_id, rows):
+    with EpisodeStore(db) as store:
+        store.begin()
+        store.insert_commands(episode_id, rows)
+        store.commit()
+
+
+def _table_command(action):
+    a = DEFAULT_ACTIONS[action]
+    return [a.steering, a.throttle]
+
+
+def test_commands_are_recorded_ones_else_the_action_tables(db):
+    _add_commands(db, 1, [(2, -0.25, 0.5), (4, 0.125, 0.375)])
+    with EpisodeStore(db, readonly=True) as store:
+        data = store.load_episode(1, decode=False)
+    assert data.commands.dtype == np.float32 and data.commands.shape == (6, 2)
+    for i, step in enumerate(data.steps):
+        want = {2: [-0.25, 0.5], 4: [0.125, 0.375]}.get(int(step), _table_command(data.actions[i]))
+        np.testing.assert_allclose(data.commands[i], want)
+
+
+def _make_v1(db):
+    """The file as schema version 1 wrote it: no step_commands, user_version 1."""
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE step_commands")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_file_reads_read_only_and_upgrades_when_opened_writable(db):
+    _make_v1(db)
+    with EpisodeStore(db, readonly=True) as store:
+        data = store.load_episode(2, decode=False)
+        np.testing.assert_allclose(data.commands, [_table_command(a) for a in data.actions])
+        assert store.raw_command_rows(2) == []
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # reading changed nothing
+    conn.close()
+    with EpisodeStore(db) as store:
+        assert store.count_steps() == 15
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("SELECT count(*) FROM step_commands").fetchone()[0] == 0
+    conn.close()
+    _add_commands(db, 2, [(0, 0.5, 0.5)])
+
+
+def test_a_failed_upgrade_leaves_version_1(db):
+    _make_v1(db)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE step_commands (x)")  # in the way: the CREATE TABLE fails
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="cannot upgrade the episode schema to version 2"):
+        EpisodeStore(db)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+
+
+def test_delete_cut_and_copy_carry_the_commands(db, tmp_path):
+    _add_commands(db, 1, [(i, i / 10, 0.25) for i in range(6)])
+    _add_commands(db, 3, [(1, -0.5, 0.125)])
+    with EpisodeStore(db) as store:
+        store.delete_episode(3)
+        assert (
+            store._conn.execute(
+                "SELECT count(*) FROM step_commands WHERE episode_id = 3"
+            ).fetchone()[0]
+            == 0
+        )
+        # A cut in the middle: the tail's commands move with its steps, renumbered.
+        result = store.cut_episode(1, 2, 3)
+        assert store.raw_command_rows(1) == [(0, 0.0, 0.25), (1, 0.1, 0.25)]
+        assert store.raw_command_rows(result.tail) == [
+            (0, 0.3, 0.25), (1, 0.4, 0.25), (2, 0.5, 0.25)
+        ]  # fmt: skip
+        # A cut from the start: renumbered in place.
+        store.cut_episode(result.tail, 0, 1)
+        assert store.raw_command_rows(result.tail) == [(0, 0.4, 0.25), (1, 0.5, 0.25)]
+        tail = result.tail
+        np.testing.assert_allclose(
+            store.load_episode(tail, decode=False).commands, [[0.4, 0.25], [0.5, 0.25]]
+        )
+        assert store.integrity_check() == "ok"
+    out = tmp_path / "copy.sqlite"
+    with EpisodeStore(db, readonly=True) as store:
+        export_episode(store, tail, out)
+        new_id = 1  # the first episode of the new file
+    with EpisodeStore(out, readonly=True) as copy:
+        assert copy.raw_command_rows(new_id) == [(0, 0.4, 0.25), (1, 0.5, 0.25)]

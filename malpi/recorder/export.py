@@ -16,7 +16,7 @@ name and renamed.
 
 A database export (``--out FILE.sqlite``, also .sqlite3 or .db) copies the
 episode, rows exactly as stored, into that MaLPi database (created if
-missing) under a new id with the same uuid — the way to carry chosen episodes
+missing) under a new id with the same uuid, its recorded motor commands too — the way to carry chosen episodes
 from the car to the trainer, or to merge recordings.
 """
 
@@ -141,6 +141,9 @@ def copy_episode(store: EpisodeStore, episode_id: int, dest: Path) -> int:
                     chunk = []
             if chunk:
                 dst.insert_steps(new_id, chunk)
+            commands = store.raw_command_rows(episode_id)
+            if commands:
+                dst.insert_commands(new_id, commands)
         except BaseException:
             dst.rollback()
             raise

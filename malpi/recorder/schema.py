@@ -16,6 +16,13 @@ Durability. The file is in WAL mode with ``synchronous=FULL``:
   commit, so a committed step survives a power cut. The recorder commits at
   most every half second, off the control thread, so this costs two fsyncs a
   second on a thread that can afford them.
+
+Versions. 1: ``episodes`` and ``steps``. 2 adds ``step_commands``: the motor
+command actually sent at a step where it differs from the action table's entry
+for the step's action (an imported DonkeyCar tub's continuous angle and
+throttle). A version 1 file opened writable is upgraded in one transaction
+(the new table and the new ``user_version`` together); opened read-only it is
+read as it is, with no commands.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import sqlite3
 import urllib.parse
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4D4C5049  # "MLPI" in the SQLite header: this file is a MaLPi episode store
 
 SOURCES = ("human", "policy", "intervention")
@@ -75,6 +82,19 @@ CREATE TABLE steps (
                                            -- never walks the image's overflow pages.
     PRIMARY KEY (episode_id, step)
 )""",
+)
+
+# A table of its own, not columns after ``frame``: columns placed after the image BLOB
+# would make every read of them walk the frame's overflow pages.
+_SCHEMA_V2 = (
+    """
+CREATE TABLE step_commands (
+    episode_id     INTEGER NOT NULL REFERENCES episodes(id) ON DELETE CASCADE,
+    step           INTEGER NOT NULL,       -- the steps row this belongs to
+    steering       REAL NOT NULL,          -- the motor command actually sent, where it
+    throttle       REAL NOT NULL,          -- differs from the action table's entry
+    PRIMARY KEY (episode_id, step)
+) WITHOUT ROWID""",
 )
 
 
@@ -154,7 +174,9 @@ def _check_and_init(
             f"{p} has episode schema version {version}, written by a newer MaLPi; "
             f"this one reads up to version {SCHEMA_VERSION}: upgrade malpi"
         )
-    if version != SCHEMA_VERSION:
+    if version == 1 and not readonly:
+        _upgrade_v1(conn, p)
+    elif version not in (1, SCHEMA_VERSION):
         raise SchemaVersionError(f"{p} has unknown episode schema version {version}")
     if not readonly and conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         _set_wal(conn, p)
@@ -183,7 +205,7 @@ def _initialise(conn: sqlite3.Connection, p: Path) -> None:
             conn.execute("ROLLBACK")  # another process initialised it first
             _check_and_init(conn, p, create=False)
             return
-        for statement in _SCHEMA_V1:
+        for statement in (*_SCHEMA_V1, *_SCHEMA_V2):
             conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -192,3 +214,30 @@ def _initialise(conn: sqlite3.Connection, p: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _upgrade_v1(conn: sqlite3.Connection, p: Path) -> None:
+    """Version 1 to 2 in one transaction: the new table and the version number together."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # not upgraded meanwhile
+            for statement in _SCHEMA_V2:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreError(f"{p}: cannot upgrade the episode schema to version 2: {exc}") from exc
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def has_commands_table(conn: sqlite3.Connection) -> bool:
+    """Whether the file has ``step_commands`` (a version 1 file opened read-only has not)."""
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'step_commands'"
+    ).fetchone()
+    return row is not None

@@ -35,7 +35,7 @@ import numpy as np
 
 from malpi.actions import ActionTable, ActionTableError, previous_actions
 from malpi.recorder.codec import decode_jpeg, unpack_probs
-from malpi.recorder.schema import END_OUTCOMES, StoreError, connect
+from malpi.recorder.schema import END_OUTCOMES, StoreError, connect, has_commands_table
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,10 @@ class EpisodeData:
     capture_times: np.ndarray  # float64 (T,), time.monotonic() of the recording machine
     action_times: np.ndarray  # float64 (T,)
     policy_versions: list[str | None] = field(default_factory=list)
+    # float32 (T, 2) [steering, throttle]: the motor command sent at each step, the recorded
+    # one (step_commands) where there is one, else the action table's entry for the step's
+    # action. None only when an action lies outside the table and no command was recorded.
+    commands: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -210,6 +214,8 @@ class EpisodeStore:
     ):
         self.path = Path(path)
         self._conn = connect(self.path, create=create, readonly=readonly)
+        # A version 1 file opened read-only has no step_commands table (nothing to read).
+        self._has_commands = has_commands_table(self._conn)
 
     # -- context, housekeeping -------------------------------------------------
 
@@ -305,6 +311,18 @@ class EpisodeStore:
             while rows := cursor.fetchmany(64):
                 yield from rows
 
+    def raw_command_rows(self, episode_id: int) -> list[tuple[int, float, float]]:
+        """The episode's recorded motor commands as stored: (step, steering, throttle) rows,
+        only for the steps that have one (see :meth:`insert_commands`)."""
+        if not self._has_commands:
+            return []
+        with _db_errors(self.path):
+            return self._conn.execute(
+                "SELECT step, steering, throttle FROM step_commands WHERE episode_id = ? "
+                "ORDER BY step",
+                (episode_id,),
+            ).fetchall()
+
     def load_episode(self, episode_id: int, *, decode: bool = True) -> EpisodeData:
         """The whole episode as arrays (see EpisodeData)."""
         info = self.episode(episode_id)
@@ -340,7 +358,22 @@ class EpisodeStore:
             capture_times=np.array([s.capture_time for s in steps], dtype=np.float64),
             action_times=np.array([s.action_time for s in steps], dtype=np.float64),
             policy_versions=[s.policy_version for s in steps],
+            commands=self._commands(info, steps),
         )
+
+    def _commands(self, info: EpisodeInfo, steps: list[StoredStep]) -> np.ndarray | None:
+        """EpisodeData.commands: the stored command, else the action table's entry."""
+        table = info.action_table
+        recorded = {row[0]: row[1:] for row in self.raw_command_rows(info.id)}
+        out = np.zeros((len(steps), 2), dtype=np.float32)
+        for i, s in enumerate(steps):
+            if s.step in recorded:
+                out[i] = recorded[s.step]
+            elif 0 <= s.action < len(table):
+                out[i] = (table[s.action].steering, table[s.action].throttle)
+            else:
+                return None  # no command can be named for this step
+        return out
 
     # -- maintenance -----------------------------------------------------------
 
@@ -358,6 +391,8 @@ class EpisodeStore:
                     "end it first, or force the delete"
                 )
             n = self._conn.execute("DELETE FROM steps WHERE episode_id = ?", (episode_id,)).rowcount
+            if self._has_commands:
+                self._conn.execute("DELETE FROM step_commands WHERE episode_id = ?", (episode_id,))
             self._conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,))
         with _db_errors(self.path):
             self._conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back
@@ -446,10 +481,13 @@ class EpisodeStore:
                     f"the cut [{from_step}, {to_step}) holds every step of episode {episode_id}: "
                     "delete the episode instead"
                 )
-            q(
-                "DELETE FROM steps WHERE episode_id = ? AND step >= ? AND step < ?",
-                (episode_id, from_step, to_step),
-            )
+            # Recorded motor commands follow their steps (deleted, moved, renumbered alike).
+            tables = ("steps", "step_commands") if self._has_commands else ("steps",)
+            for t in tables:
+                q(
+                    f"DELETE FROM {t} WHERE episode_id = ? AND step >= ? AND step < ?",
+                    (episode_id, from_step, to_step),
+                )
             new_episode = None
             if tail:
                 first, first_capture = tail[0][0], tail[0][1]
@@ -466,20 +504,22 @@ class EpisodeStore:
                     f"after a cut of [{from_step}, {to_step})",
                     outcome=info.outcome, ended_at=info.ended_at, final_reward=info.final_reward,
                 )  # fmt: skip
-                q(
-                    "UPDATE steps SET episode_id = ?, step = step - ? "
-                    "WHERE episode_id = ? AND step >= ?",
-                    (new_episode, first, episode_id, to_step),
-                )
+                for t in tables:
+                    q(
+                        f"UPDATE {t} SET episode_id = ?, step = step - ? "
+                        "WHERE episode_id = ? AND step >= ?",
+                        (new_episode, first, episode_id, to_step),
+                    )
             elif tail:  # no head: the rest keeps the id, renumbered from 0
                 if first:
                     # Two passes, so that no row ever takes a number another still holds.
                     top = tail[-1][0] + 1
-                    q("UPDATE steps SET step = step + ? WHERE episode_id = ?", (top, episode_id))
-                    q(
-                        "UPDATE steps SET step = step - ? WHERE episode_id = ?",
-                        (top + first, episode_id),
-                    )
+                    for t in tables:
+                        q(f"UPDATE {t} SET step = step + ? WHERE episode_id = ?", (top, episode_id))
+                        q(
+                            f"UPDATE {t} SET step = step - ? WHERE episode_id = ?",
+                            (top + first, episode_id),
+                        )
                 q(
                     "UPDATE episodes SET started_at = ?, started_mono = ?, config = ? WHERE id = ?",
                     (*started, json.dumps(config, sort_keys=True, default=str), episode_id),
@@ -572,6 +612,16 @@ class EpisodeStore:
         self._conn.executemany(
             f"INSERT INTO steps (episode_id, {_STEP_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(episode_id, *row) for row in rows],
+        )
+
+    def insert_commands(self, episode_id: int, rows: list[tuple[int, float, float]]) -> None:
+        """Rows of (step, steering, throttle): the motor command actually sent at a step, where
+        it differs from the action table's entry for the step's action. Inside a transaction."""
+        if not self._has_commands:
+            raise StoreError(f"{self.path} is opened read-only with schema version 1")
+        self._conn.executemany(
+            "INSERT INTO step_commands (episode_id, step, steering, throttle) VALUES (?, ?, ?, ?)",
             [(episode_id, *row) for row in rows],
         )
 
