@@ -15,7 +15,9 @@ It writes
   20 Hz (the writer stamps ``_timestamp_ms`` from the wall clock itself), 160x120 RGB
   frames saved by the writer as JPEG; ``user/angle`` sweeps left and right, ``user/throttle``
   varies, ``user/mode`` is ``user`` in the first session and ``local_angle`` / ``local``
-  in the second; records 3 and 30 are deleted with the writer's ``delete_records``;
+  in the second, which also has ``pilot/angle`` and ``pilot/throttle`` (the inputs
+  DonkeyCar's ``RECORD_DURING_AI`` adds; the writer leaves out the None values of the first
+  session); records 3 and 30 are deleted with the writer's ``delete_records``;
 - ``OUT/v1``: a tub v1 (``donkeycar.parts.datastore.Tub``, archived in 5.3 but shipped) of
   10 records, record 4 excluded with its ``exclude_index`` / ``write_exclude``.
 
@@ -34,6 +36,9 @@ import numpy as np
 W, H = 160, 120
 INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TYPES = ["image_array", "float", "float", "str"]
+# What DonkeyCar's complete.py adds with RECORD_DURING_AI = True: the pilot's outputs.
+AI_INPUTS = [*INPUTS, "pilot/angle", "pilot/throttle"]
+AI_TYPES = [*TYPES, "float", "float"]
 
 
 def road(angle: float, t: int) -> np.ndarray:
@@ -58,16 +63,21 @@ def write_v2(out: Path) -> None:
 
     sessions = [(26, ["user"]), (24, ["local_angle", "local"])]
     for n, modes in sessions:
-        tub = Tub(str(out), inputs=INPUTS, types=TYPES, metadata=["made_by:make-donkey-tub"])
+        tub = Tub(
+            str(out), inputs=AI_INPUTS, types=AI_TYPES, metadata=["made_by:make-donkey-tub"]
+        )
         for i in range(n):
             angle = float(np.sin(i / 4.0))  # -1 = full left in DonkeyCar
             throttle = 0.3 + 0.2 * float(np.cos(i / 5.0))
+            pilot = modes != ["user"]  # no pilot ran in the first session: None, left out
             tub.write_record(
                 {
                     "cam/image_array": road(angle, i),
                     "user/angle": angle,
                     "user/throttle": throttle,
                     "user/mode": modes[i % len(modes)],
+                    "pilot/angle": -angle * 0.9 if pilot else None,
+                    "pilot/throttle": 0.35 if pilot else None,
                 }
             )
             time.sleep(0.05)  # DonkeyCar's default 20 Hz; the writer stamps the time itself
