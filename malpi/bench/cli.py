@@ -1,4 +1,5 @@
-"""``malpi bench loop | link | stress | ipc | web``: the daemon measured as it runs, and what it rests on."""
+"""``malpi bench loop | link | stress | ipc | web | scale``: the daemon measured as it runs, what it
+rests on, and ``malpi eval`` spread over Ray."""
 
 from __future__ import annotations
 
@@ -82,6 +83,30 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench_web)
 
+    b = bench.add_parser(
+        "scale",
+        help="malpi eval of the shipped policy on the 100 held-out tracks: in one process vs "
+        "on a local Ray of 2 workers, same results; quiet and with a CPU hog",
+    )
+    b.add_argument(
+        "--load",
+        choices=("quiet", "busy", "both"),
+        default="both",
+        help="quiet, beside a CPU hog (busy), or both side by side (default)",
+    )
+    b.add_argument("--hogs", type=int, default=1, help="CPU hogs when busy (default 1)")
+    b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    # For the tests: fewer tracks and laps (the figures then say nothing of the target).
+    b.add_argument("--tracks", type=_track_seeds, default=None, help=argparse.SUPPRESS)
+    b.add_argument("--laps", type=int, default=3, help=argparse.SUPPRESS)
+    b.set_defaults(func=cmd_bench_scale)
+
+
+def _track_seeds(text: str) -> list[int]:
+    from malpi.sim.cli import seeds_arg
+
+    return seeds_arg(text)
+
 
 def _busy(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -157,3 +182,17 @@ def cmd_bench_web(args: argparse.Namespace) -> int:
         busy=args.hogs,
     )
     return 0 if result["targets_met"] else 1
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from malpi.bench import scale
+
+    conditions = scale.CONDITIONS if args.load == "both" else (args.load,)
+    result = scale.run(
+        tracks=args.tracks,
+        laps=args.laps,
+        conditions=conditions,
+        hogs=args.hogs,
+        json_path=args.json,
+    )
+    return 0 if result["same_results"] else 1
