@@ -1,4 +1,5 @@
-"""``malpi episodes list|show|delete|export --db PATH``: the recorded episodes from a shell."""
+"""``malpi episodes list|show|delete|export --db PATH``: the recorded episodes from a shell;
+``malpi episodes import-donkey TUB... --out DB``: DonkeyCar tubs into an episode database."""
 
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ def register(commands: Any, bench: Any) -> None:
         help="lerobot: the video codec (av1, LeRobot's default, or h264)",
     )  # fmt: skip
     p.set_defaults(func=_export)
+
+    p = actions.add_parser(
+        "import-donkey",
+        help="import DonkeyCar tubs (v2, or v1) into an episode database",
+        description="DonkeyCar tubs into an episode database: one episode per session, frames "
+        "resized to the policy's input, each angle/throttle mapped to the nearest action (the "
+        "values themselves kept). All or nothing; sessions imported before are left as they "
+        "are. See docs/data.md.",
+    )  # fmt: skip
+    p.add_argument("tubs", type=Path, nargs="+", metavar="TUB", help="DonkeyCar tub directories")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DB",
+        help="the episode database to import into (created if missing)",
+    )  # fmt: skip
+    p.add_argument(
+        "--policy", type=Path, default=None, metavar="BUNDLE",
+        help="the policy bundle whose image size and action table to use "
+        "(default: the shipped default policy)",
+    )  # fmt: skip
+    p.add_argument(
+        "--actions", type=Path, default=None, metavar="FILE",
+        help="a TOML or JSON file with an [[actions]] list to map onto instead of the "
+        "policy's action table",
+    )  # fmt: skip
+    p.set_defaults(func=_import_donkey)
 
 
 def _open(args: argparse.Namespace, *, readonly: bool = True) -> Any:
@@ -384,3 +410,33 @@ def _export_lerobot(args: argparse.Namespace) -> int:
         f"{result.vcodec} video) to {result.out} as a LeRobot dataset{skipped}"
     )
     return 0
+
+
+def _import_donkey(args: argparse.Namespace) -> int:
+    from malpi.recorder.donkey import describe, import_tubs, policy_input
+
+    if args.policy is None:
+        from malpi.policy.store import shipped_policy
+
+        args.policy = Path(str(shipped_policy()))
+    image, actions, _ = policy_input(args.policy)
+    if args.actions is not None:
+        actions = _action_table(args.actions)
+    result = import_tubs(args.tubs, args.out, actions, image)
+    for line in describe(result):
+        print(line)
+    return 0
+
+
+def _action_table(path: Path) -> Any:
+    """An ``[[actions]]`` list from a TOML or JSON file (as ``malpi policy new --actions``)."""
+    import tomllib
+
+    from malpi.actions import ActionTable
+
+    text = path.read_text()
+    table = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    items = table.get("actions") if isinstance(table, dict) else table
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: no [[actions]] list")
+    return ActionTable.from_list(items)
