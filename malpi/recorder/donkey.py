@@ -17,7 +17,7 @@ What becomes of a record (docs/data.md says it for people):
 - the motor command DonkeyCar sent (its DriveMode: ``user`` -> the user's angle and
   throttle; ``local_angle`` -> the pilot's angle, the user's throttle; ``local`` -> the
   pilot's both), kept in ``step_commands``, and its nearest action of the action table
-  (Euclidean in (steering, throttle)) as the step's action. DonkeyCar's angle -1 is full
+  (Euclidean in (steering, throttle / 2), see nearest_actions) as the step's action. DonkeyCar's angle -1 is full
   left (its PWMSteering maps -1 to the left pulse), as MaLPi's steering -1 is: no sign flip;
 - the source: ``user`` -> human, pilot modes -> policy (DonkeyCar has no intervention mode);
 - times: ``_timestamp_ms`` (Unix milliseconds) as seconds for both capture and action time,
@@ -62,6 +62,8 @@ MAX_RECORD_BYTES = 64 * 1024  # one catalog line / record file; DonkeyCar's are 
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
 MAX_IMAGE_SIDE = 4096  # pixels; DonkeyCar's camera default is 160x120
 DONKEY_HZ = 20.0  # DonkeyCar's DRIVE_LOOP_HZ default, when a session is too short to measure
+
+THROTTLE_WEIGHT = 0.5  # of a throttle difference against a steering one (nearest_actions)
 
 MODES = {"user": "human", "local_angle": "policy", "local": "policy", "local_pilot": "policy"}
 """DonkeyCar's ``user/mode`` -> the step's source. DonkeyCar has no intervention mode: a
@@ -392,10 +394,16 @@ def fit_frame(rgb: np.ndarray, image: tuple[int, int]) -> np.ndarray:
 
 
 def nearest_actions(commands: np.ndarray, actions: ActionTable) -> np.ndarray:
-    """The index of the nearest action (Euclidean in (steering, throttle)) for each
-    (steering, throttle) row; ties go to the lower index."""
-    table = np.array([[a.steering, a.throttle] for a in actions], dtype=np.float64)
-    d = np.linalg.norm(commands[:, None, :] - table[None, :, :], axis=2)
+    """The index of the nearest action for each (steering, throttle) row: Euclidean in
+    (steering, THROTTLE_WEIGHT * throttle); ties go to the lower index.
+
+    Steering counts twice as much as throttle: a MaLPi table's throttle mostly follows its
+    steering (slower in curves) while a DonkeyCar driver's throttle varies freely, and with
+    plain Euclidean a car standing still with straight wheels, (0, 0), is nearest to "left"
+    (-0.35, 0.6) of the default table rather than "straight" (0, 0.7)."""
+    scale = np.array([1.0, THROTTLE_WEIGHT])
+    table = np.array([[a.steering, a.throttle] for a in actions], dtype=np.float64) * scale
+    d = np.linalg.norm(commands[:, None, :] * scale - table[None, :, :], axis=2)
     return np.argmin(d, axis=1).astype(np.int64)
 
 
