@@ -137,6 +137,7 @@ def start_ray() -> tuple[float, Any]:
 
     started = time.perf_counter()
     ray.init(
+        address="local",  # a Ray of its own, even where another runs (a test's, a `ray start`)
         num_cpus=RAY_CPUS,
         include_dashboard=False,
         configure_logging=False,
