@@ -52,6 +52,7 @@ from malpi.train.demos import (
     open_recorder,
     write_episode,
 )
+from malpi.train.evaluate import one_cv2_thread, step_policy
 from malpi.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -117,33 +118,19 @@ class PolicyDriver:
         return Choice(r.action, "policy", r.probs, r.value)
 
 
-# One step runtime per process, built at its first roll-out of a bundle: a Ray worker runs
-# many roll-outs of the same bundle, and building the interpreter every episode would cost more
-# than a short episode. Only the latest is kept (each DAgger iteration has a new bundle).
-_policy_cache: dict[tuple[str, str], Any] = {}
-
-
-def _step_policy(bundle: PolicyBundle, backend: str) -> Any:
-    from malpi.policy.runtime import StepPolicy
-
-    key = (bundle.sha256, backend)
-    if key not in _policy_cache:
-        _policy_cache.clear()
-        _policy_cache[key] = StepPolicy(bundle, backend=backend)
-    return _policy_cache[key]
-
-
 def rollout_episode(
     shared: tuple[PolicyBundle, DaggerConfig, float], job: EpisodeJob
 ) -> tuple[SimEpisode, dict[str, Any]]:
     """The Workers job: one roll-out of the bundle at ``beta``, every state labelled."""
     bundle, config, beta = shared
-    policy = _step_policy(bundle, config.backend)  # PolicyDriver resets it at step 0
+    # built once per process and bundle (PolicyDriver resets its state at every episode's start)
+    policy = step_policy(bundle, config.backend)
 
     def mixture(rng: np.random.Generator) -> PolicyDriver:
         return PolicyDriver(policy, beta, rng, config.takeover, config.release)
 
-    return drive_job(config.sim, job, config.steps, bundle.actions, mixture)
+    with one_cv2_thread():
+        return drive_job(config.sim, job, config.steps, bundle.actions, mixture)
 
 
 def roll_out(

@@ -254,12 +254,15 @@ def demo_episode(
     shared: tuple[DemoConfig, ActionTable], job: EpisodeJob
 ) -> tuple[SimEpisode, dict[str, Any]]:
     """The Workers job: one perturbed expert episode and its simulator settings."""
+    from malpi.train.evaluate import one_cv2_thread  # renders as fast, with less CPU
+
     config, actions = shared
 
     def expert(rng: np.random.Generator) -> Driver:
         return ExpertWithPerturbations(len(actions), config.perturb_prob, config.perturb_steps, rng)
 
-    ep, sim_info = drive_job(config.sim, job, config.steps, actions, expert)
+    with one_cv2_thread():
+        ep, sim_info = drive_job(config.sim, job, config.steps, actions, expert)
     return ep, {**sim_info, "episode": job.episode}
 
 

@@ -18,9 +18,9 @@ from its last checkpoint):
 Tracks: demonstrations use seeds 0-59 and roll-outs 500-589, all in the
 training range (0-999); evaluation uses 1000-1009, which nothing trains on.
 
-With ``--ray`` the simulator work of stages 1 and 3 (demonstrations,
-roll-outs) runs as Ray tasks and the training here; the results are the
-same as without it.
+With ``--ray`` the simulator work of stages 1, 3 and 5 (demonstrations,
+roll-outs, evaluation drives) runs as Ray tasks and the training here; the
+results are the same as without it.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def run_recipe(
         "evaluations": {},
     }
     report["evaluations"] = stages.run(
-        "evaluation", lambda: _evaluate(bundle, recipe, workdir, picture)
+        "evaluation", lambda: _evaluate(bundle, recipe, workdir, picture, workers)
     )
     report["stage_seconds"] = stages.times
     report["this_run_seconds"] = round(time.monotonic() - started, 1)
@@ -236,11 +236,12 @@ def run_recipe(
     return report
 
 
-def _evaluate(bundle: Any, recipe: Recipe, workdir: Path, picture: Any) -> dict[str, Any]:
-    from malpi.train.evaluate import evaluate_bundle, expert_drives
+def _evaluate(
+    bundle: Any, recipe: Recipe, workdir: Path, picture: Any, workers: Workers | None
+) -> dict[str, Any]:
+    from malpi.train.evaluate import evaluate_bundle
     from malpi.train.pictures import save_png, trajectory_picture, write_evaluation_pictures
 
-    held_out = expert_drives(bundle, car=recipe.car, seed=recipe.seed)
     out = {}
     for backend in recipe.eval_backends:
         if backend not in bundle.models and backend != "tf":
@@ -250,8 +251,8 @@ def _evaluate(bundle: Any, recipe: Recipe, workdir: Path, picture: Any) -> dict[
             bundle,
             backend=backend,
             car=recipe.car,
-            held_out=held_out,
             seed=recipe.seed,
+            workers=workers,  # each track's job drives it and the expert, and scores the policy
         )
         (workdir / f"eval-{backend}.json").write_text(json.dumps(report, indent=1))
         write_evaluation_pictures(workdir / f"eval-{backend}", report, drives)
