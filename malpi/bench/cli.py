@@ -95,6 +95,9 @@ def register(commands, bench) -> None:  # noqa: ARG001 - benchmarks only
         help="quiet, beside a CPU hog (busy), or both side by side (default)",
     )
     b.add_argument("--hogs", type=int, default=1, help="CPU hogs when busy (default 1)")
+    b.add_argument(
+        "--repeat", type=int, default=1, help="runs of each mode per condition, the best kept"
+    )
     b.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     # For the tests: fewer tracks and laps (the figures then say nothing of the target).
     b.add_argument("--tracks", type=_track_seeds, default=None, help=argparse.SUPPRESS)
@@ -194,5 +197,6 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         conditions=conditions,
         hogs=args.hogs,
         json_path=args.json,
+        repeat=args.repeat,
     )
     return 0 if result["same_results"] else 1
