@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from malpi.workers import add_ray_argument
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,7 @@ def register(commands, bench) -> None:
         "--value-warmup", type=int, default=2, help="updates training only the value head first"
     )
     sim.add_argument("--seed", type=int, default=0, help="random seed")
+    add_ray_argument(sim)
     sim.set_defaults(func=cmd_sim)
 
     robot = sub.add_parser(
@@ -182,7 +185,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         value_warmup=args.value_warmup,
         seed=args.seed,
     )
-    bundle = fine_tune(args.policy, cfg)
+    bundle = fine_tune(args.policy, cfg, ray=args.ray)
     bundle.save(args.out)
     print(f"wrote {args.out} ({bundle.label})")
     return 0

@@ -70,11 +70,12 @@ def env_fns(bundle: PolicyBundle, cfg: SimFineTuneConfig) -> list[Callable[[], g
     from malpi.sim.env import TrackEnv
     from malpi.sim.render import CameraSpec
 
-    spec = bundle.spec
+    # Only what an environment needs, not the bundle's weights: these travel to Ray's actors.
+    spec, actions = bundle.spec, bundle.actions
 
     def make() -> gym.Env:
         env = TrackEnv(
-            actions=bundle.actions,
+            actions=actions,
             car=CarParams(drivetrain=cfg.car, noise=cfg.car_noise),
             camera=CameraSpec(width=spec.image_width, height=spec.image_height),
             max_steps=cfg.max_steps,
@@ -85,13 +86,33 @@ def env_fns(bundle: PolicyBundle, cfg: SimFineTuneConfig) -> list[Callable[[], g
     return [make for _ in range(cfg.num_envs)]
 
 
-def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundle:
-    """PPO from ``policy`` for ``cfg.total_steps`` simulator steps; the new bundle (version + 1)."""
+def make_envs(fns: list[Callable[[], gym.Env]], ray: str | None) -> gym.vector.VectorEnv:
+    """The environments here (a ``SyncVectorEnv``) or, given ``ray``, in Ray actors."""
+    if ray is None:
+        from malpi.rl.common import vector_env
+
+        return vector_env(fns)
+    from malpi.rl.remote import ray_vector_env
+
+    return ray_vector_env(fns)
+
+
+def fine_tune(
+    policy: str | PolicyBundle, cfg: SimFineTuneConfig, ray: str | None = None
+) -> PolicyBundle:
+    """PPO from ``policy`` for ``cfg.total_steps`` simulator steps; the new bundle (version + 1).
+
+    ``ray`` (``auto`` or a head's ``HOST:PORT``): the environments run in Ray actors
+    (:mod:`malpi.rl.remote`), the network and the learner here; the same result either way.
+    """
+    if ray is not None:
+        from malpi.workers import connect
+
+        connect(ray)  # first: a cluster that cannot be joined fails before any work
     import tensorflow as tf
 
     from malpi.policy.export import make_bundle
     from malpi.policy.model import build_policy
-    from malpi.rl.common import vector_env
     from malpi.rl.ppo import (
         Actor,
         Learner,
@@ -125,7 +146,7 @@ def fine_tune(policy: str | PolicyBundle, cfg: SimFineTuneConfig) -> PolicyBundl
     )
     critic = Learner(net, ppo_cfg, variables=net.value_head.trainable_variables)
     learner = Learner(net, ppo_cfg)
-    envs = vector_env(env_fns(bundle, cfg))
+    envs = make_envs(env_fns(bundle, cfg), ray)
     collector = RolloutCollector(envs, Actor(net, seed=cfg.seed), seed=cfg.seed)
     per_update = cfg.num_steps * cfg.num_envs
     updates = max(1, cfg.total_steps // per_update)
