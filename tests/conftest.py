@@ -27,12 +27,14 @@ def _cores_given_back():
     assert os.sched_getaffinity(0) == before, "the test left this process on fewer cores"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A Ray of this machine alone with 2 CPUs, started once for the tests that use Ray.
+    """A Ray of this machine alone with 2 CPUs, for one test module.
 
     Its workers run this interpreter and import malpi as the test process does, and the tests'
-    own modules (for job functions defined in a test)."""
+    own modules (for job functions defined in a test). Shut down after the module: a Ray left
+    running keeps its threads in this process and its processes on the cores through the
+    timing-sensitive daemon tests that follow."""
     ray = pytest.importorskip("ray", reason="needs Ray (the ray extra)")
     tests = os.path.dirname(os.path.abspath(__file__))
     ray.init(
@@ -40,6 +42,7 @@ def local_ray():
         runtime_env={"env_vars": {"PYTHONPATH": tests}},
         include_dashboard=False,
         configure_logging=False,
+        log_to_driver=False,
         object_store_memory=256 * 1024 * 1024,
     )
     yield ray
