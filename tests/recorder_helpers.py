@@ -123,3 +123,19 @@ def crash_child_main(db: str, log_path: str, run: int, rate_hz: float = 50.0) ->
         final = -10.0 if outcome == "failed" else None
         rec.end_episode(outcome, final)
         log("E", ep, outcome, final)
+
+
+def run_cli(monkeypatch, capsys):
+    """``malpi ...`` in-process with only the recorder's commands registered (the command must
+    work whatever else is, or is not yet, registered): run(*argv) -> (exit code, stdout,
+    stderr). The body of the test modules' ``malpi`` fixture."""
+    from malpi import cli as malpi_cli
+
+    monkeypatch.setattr(malpi_cli, "AREAS", ["malpi.recorder.cli"])
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = malpi_cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

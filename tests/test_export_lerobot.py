@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recorder_helpers import H, W, frame_for, meta_for, step_for
+from recorder_helpers import H, W, frame_for, meta_for, run_cli, step_for
 
-from malpi import cli as malpi_cli
 from malpi.actions import DEFAULT_ACTIONS, NO_ACTION, Action, ActionTable
 from malpi.recorder import EpisodeMeta, EpisodeStore, Recorder, StoreError
 
@@ -424,14 +423,7 @@ def test_commands_come_from_the_episode_when_recorded(db):
 
 @pytest.fixture
 def malpi(monkeypatch, capsys):
-    monkeypatch.setattr(malpi_cli, "AREAS", ["malpi.recorder.cli"])
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = malpi_cli.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return run_cli(monkeypatch, capsys)
 
 
 def test_cli(malpi, db, tmp_path):

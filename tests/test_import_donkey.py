@@ -17,7 +17,8 @@ from malpi.actions import DEFAULT_ACTIONS
 from malpi.cli import main
 from malpi.recorder import EpisodeStore
 from malpi.recorder.codec import decode_jpeg, encode_jpeg
-from malpi.recorder.donkey import jpeg_size, nearest_actions, read_tub
+from malpi.recorder.donkey import nearest_actions
+from malpi.recorder.donkey_tub import jpeg_size, read_tub
 
 TUBS = Path(__file__).parent / "data" / "donkey-tub"
 V2, V1 = TUBS / "v2", TUBS / "v1"

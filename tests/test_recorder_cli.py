@@ -6,9 +6,8 @@ import json
 import sqlite3
 
 import pytest
-from recorder_helpers import meta_for, step_for
+from recorder_helpers import meta_for, run_cli, step_for
 
-from malpi import cli as malpi_cli
 from malpi.recorder import EpisodeStore, Recorder
 
 
@@ -26,15 +25,7 @@ def db(tmp_path):
 
 @pytest.fixture
 def malpi(monkeypatch, capsys):
-    # Only this area: the command must work whatever else is (not yet) registered.
-    monkeypatch.setattr(malpi_cli, "AREAS", ["malpi.recorder.cli"])
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = malpi_cli.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return run_cli(monkeypatch, capsys)
 
 
 def test_list(malpi, db):

@@ -395,7 +395,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_lerobot(args: argparse.Namespace) -> int:
-    from malpi.recorder.lerobot import DEFAULT_TASK, export_lerobot
+    from malpi.recorder.lerobot import export_lerobot
+    from malpi.recorder.lerobot_format import DEFAULT_TASK
 
     if args.all and args.episodes:
         raise ValueError("give episode IDs or --all, not both")

@@ -28,6 +28,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,20 +55,33 @@ def export_episode(store: EpisodeStore, episode_id: int, out: Path) -> Path:
 def export_directory(store: EpisodeStore, episode_id: int, out: Path) -> Path:
     """Write episode.json, steps.csv and frames/*.jpg into the new directory ``out``."""
     info = store.episode(episode_id)
+    with new_directory(out) as tmp:
+        _write_directory(store, info, tmp)
+    log.debug("exported episode %d (%d steps) to %s", episode_id, info.step_count, out)
+    return out
+
+
+def check_new_directory(out: Path, error: type[StoreError] = StoreError) -> None:
+    """Raises ``error`` unless ``out`` is missing or an empty directory."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StoreError(f"{out} already exists and is not an empty directory")
+        raise error(f"{out} already exists and is not an empty directory")
+
+
+@contextmanager
+def new_directory(out: Path, error: type[StoreError] = StoreError) -> Iterator[Path]:
+    """A temporary directory beside ``out`` to write into, renamed to ``out`` when the block
+    ends well, removed when it raises: ``out`` appears complete or not at all."""
+    check_new_directory(out, error)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
-        _write_directory(store, info, tmp)
+        yield tmp
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.debug("exported episode %d (%d steps) to %s", episode_id, info.step_count, out)
-    return out
 
 
 def _write_directory(store: EpisodeStore, info: EpisodeInfo, tmp: Path) -> None:
