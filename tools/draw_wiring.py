@@ -20,13 +20,46 @@ from malpi.config import DifferentialConfig, ServoConfig
 
 # The 40-pin header: physical pin -> what it is. BCM numbers are "GPIOn".
 HEADER = {
-    1: "3V3", 2: "5V", 3: "GPIO2", 4: "5V", 5: "GPIO3", 6: "GND", 7: "GPIO4", 8: "GPIO14",
-    9: "GND", 10: "GPIO15", 11: "GPIO17", 12: "GPIO18", 13: "GPIO27", 14: "GND",
-    15: "GPIO22", 16: "GPIO23", 17: "3V3", 18: "GPIO24", 19: "GPIO10", 20: "GND",
-    21: "GPIO9", 22: "GPIO25", 23: "GPIO11", 24: "GPIO8", 25: "GND", 26: "GPIO7",
-    27: "GPIO0", 28: "GPIO1", 29: "GPIO5", 30: "GND", 31: "GPIO6", 32: "GPIO12",
-    33: "GPIO13", 34: "GND", 35: "GPIO19", 36: "GPIO16", 37: "GPIO26", 38: "GPIO20",
-    39: "GND", 40: "GPIO21",
+    1: "3V3",
+    2: "5V",
+    3: "GPIO2",
+    4: "5V",
+    5: "GPIO3",
+    6: "GND",
+    7: "GPIO4",
+    8: "GPIO14",
+    9: "GND",
+    10: "GPIO15",
+    11: "GPIO17",
+    12: "GPIO18",
+    13: "GPIO27",
+    14: "GND",
+    15: "GPIO22",
+    16: "GPIO23",
+    17: "3V3",
+    18: "GPIO24",
+    19: "GPIO10",
+    20: "GND",
+    21: "GPIO9",
+    22: "GPIO25",
+    23: "GPIO11",
+    24: "GPIO8",
+    25: "GND",
+    26: "GPIO7",
+    27: "GPIO0",
+    28: "GPIO1",
+    29: "GPIO5",
+    30: "GND",
+    31: "GPIO6",
+    32: "GPIO12",
+    33: "GPIO13",
+    34: "GND",
+    35: "GPIO19",
+    36: "GPIO16",
+    37: "GPIO26",
+    38: "GPIO20",
+    39: "GND",
+    40: "GPIO21",
 }
 
 
@@ -85,7 +118,12 @@ class Canvas:
             aa, bb, cc, dd, rr = a - grow, b - grow, c + grow, d + grow, max(r + grow, 0)
             cv2.rectangle(self.img, (aa + rr, bb), (cc - rr, dd), colour, -1, cv2.LINE_AA)
             cv2.rectangle(self.img, (aa, bb + rr), (cc, dd - rr), colour, -1, cv2.LINE_AA)
-            for cx, cy in ((aa + rr, bb + rr), (cc - rr, bb + rr), (aa + rr, dd - rr), (cc - rr, dd - rr)):
+            for cx, cy in (
+                (aa + rr, bb + rr),
+                (cc - rr, bb + rr),
+                (aa + rr, dd - rr),
+                (cc - rr, dd - rr),
+            ):
                 if rr:
                     cv2.circle(self.img, (cx, cy), rr, colour, -1, cv2.LINE_AA)
 
@@ -102,8 +140,12 @@ class Canvas:
                 n = max(1, int(np.hypot(x1 - x0, y1 - y0) / (10 * S)))
                 for i in range(0, n, 2):
                     t0, t1 = i / n, min(i + 1, n) / n
-                    segs.append(((int(x0 + (x1 - x0) * t0), int(y0 + (y1 - y0) * t0)),
-                                 (int(x0 + (x1 - x0) * t1), int(y0 + (y1 - y0) * t1))))
+                    segs.append(
+                        (
+                            (int(x0 + (x1 - x0) * t0), int(y0 + (y1 - y0) * t0)),
+                            (int(x0 + (x1 - x0) * t1), int(y0 + (y1 - y0) * t1)),
+                        )
+                    )
             for a, b in segs:
                 cv2.line(self.img, a, b, colour, int(width * S), cv2.LINE_AA)
             return
@@ -132,8 +174,9 @@ class Canvas:
         return cv2.getTextSize(s, font, scale, thick)[0][0] / S
 
     def save(self, path: Path) -> None:
-        small = cv2.resize(self.img, (self.img.shape[1] // S, self.img.shape[0] // S),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            self.img, (self.img.shape[1] // S, self.img.shape[0] // S), interpolation=cv2.INTER_AREA
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), small, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise OSError(f"could not write {path}")
@@ -164,8 +207,14 @@ class Pi:
         c = self.c
         c.rect(self.x0, self.y0, self.x1, self.y1, BOARD, BOARD_EDGE, width=2, radius=14)
         # the header's plastic and its pins
-        c.rect(self.odd_x - 12, self.top - 12, self.even_x + 12, self.top + 19 * PITCH + 12,
-               bgr("#1a1a1a"), radius=3)
+        c.rect(
+            self.odd_x - 12,
+            self.top - 12,
+            self.even_x + 12,
+            self.top + 19 * PITCH + 12,
+            bgr("#1a1a1a"),
+            radius=3,
+        )
         for pin, name in HEADER.items():
             x, y = self.pin_xy(pin)
             fill = {"GND": bgr("#5a5a5a"), "5V": RED, "3V3": bgr("#f0a030")}.get(name, GOLD)
@@ -213,8 +262,15 @@ class Pi:
         c.text("CSI", sx + 22, cy - 8, 11, WHITE, bold=True)
         c.text("camera", sx + 22, cy + 8, 11, WHITE)
         c.text("connector", sx + 22, cy + 23, 11, WHITE)
-        ribbon = np.array([[sx + 2, cy - 28], [sx + 2, cy + 28],
-                           [camera_x + 40, cy + 58], [camera_x + 40, cy - 2]], np.float64)
+        ribbon = np.array(
+            [
+                [sx + 2, cy - 28],
+                [sx + 2, cy + 28],
+                [camera_x + 40, cy + 58],
+                [camera_x + 40, cy - 2],
+            ],
+            np.float64,
+        )
         cv2.fillPoly(c.img, [(ribbon * S).astype(np.int32)], bgr("#d9a441"), cv2.LINE_AA)
         cam_y = cy + 30
         c.rect(camera_x - 40, cam_y - 45, camera_x + 40, cam_y + 45, BOARD, BOARD_EDGE, 2, 6)
@@ -276,8 +332,9 @@ def draw_hbridge(path: Path) -> None:
     cfg = DifferentialConfig()
     c = Canvas(W, 625)
     c.text("Differential car: two motors on an H-bridge", 20, 32, 19, INK, bold=True)
-    c.text('drivetrain "differential", driver "in_in" (L298N, DRV8833, TB6612, ...)', 20, 54, 12,
-           GREY)
+    c.text(
+        'drivetrain "differential", driver "in_in" (L298N, DRV8833, TB6612, ...)', 20, 54, 12, GREY
+    )
     c.text(SUBTITLE_PINS, 20, 72, 12, GREY)
 
     pi = Pi(c, 175, 90, 470, 610)
@@ -293,8 +350,7 @@ def draw_hbridge(path: Path) -> None:
     pi.draw(used, "Raspberry Pi 4 / 5")
     pi.csi(80, 330)
     pi.power()
-    pi.labels([(physical_pin(bcm), col, "") for _, bcm, _, col in signals]
-              + [(gnd_pin, BLACK, "")])
+    pi.labels([(physical_pin(bcm), col, "") for _, bcm, _, col in signals] + [(gnd_pin, BLACK, "")])
 
     # the H-bridge module
     bx0, by0, bx1, by1 = 620, 130, 790, 450
@@ -317,17 +373,26 @@ def draw_hbridge(path: Path) -> None:
     gnd_x, vm_x = bx0 + 45, bx1 - 45
     terminal(c, gnd_x, by1, "GND", "b", WHITE)
     terminal(c, vm_x, by1, "VM +", "b", WHITE)
-    plus, minus = battery(c, 600, 525, 810, 605, ["motor battery", "the motors' voltage"],
-                          plus_left=False)
+    plus, minus = battery(
+        c, 600, 525, 810, 605, ["motor battery", "the motors' voltage"], plus_left=False
+    )
     join_y = 490
     gx, gy = pi.pin_xy(gnd_pin)
-    c.line([(gx, gy), (525, gy), (525, join_y), (gnd_x, join_y), (gnd_x, by1 + 6)], BLACK, 3.5,
-           outline=False)
+    c.line(
+        [(gx, gy), (525, gy), (525, join_y), (gnd_x, join_y), (gnd_x, by1 + 6)],
+        BLACK,
+        3.5,
+        outline=False,
+    )
     c.line([(minus[0], minus[1]), (minus[0], join_y)], BLACK, 4.5, outline=False)
     dot(c, minus[0], join_y)
     c.text("shared GND", 530, join_y - 8, 12, INK, bold=True)
-    c.line([(plus[0], plus[1]), (plus[0], join_y), (vm_x, join_y), (vm_x, by1 + 6)], RED, 4.5,
-           outline=False)
+    c.line(
+        [(plus[0], plus[1]), (plus[0], join_y), (vm_x, join_y), (vm_x, by1 + 6)],
+        RED,
+        4.5,
+        outline=False,
+    )
 
     # motors
     outs = [("OUT1", 175), ("OUT2", 215), ("OUT3", 360), ("OUT4", 400)]
@@ -349,14 +414,24 @@ def draw_servo_esc(path: Path) -> None:
     c.text(SUBTITLE_PINS, 20, 72, 12, GREY)
 
     pi = Pi(c, 175, 90, 470, 610)
-    steer_pin, esc_pin, gnd_pin, five_v = (physical_pin(cfg.steering_pin),
-                                           physical_pin(cfg.throttle_pin), 34, 4)
+    steer_pin, esc_pin, gnd_pin, five_v = (
+        physical_pin(cfg.steering_pin),
+        physical_pin(cfg.throttle_pin),
+        34,
+        4,
+    )
     used = {steer_pin: WIRES["a"], esc_pin: WIRES["e"], gnd_pin: BLACK}
     pi.draw(used, "Raspberry Pi 4 / 5")
     pi.csi(80, 330)
     pi.power()
-    pi.labels([(steer_pin, WIRES["a"], " steering"), (esc_pin, WIRES["e"], " ESC"),
-               (gnd_pin, BLACK, ""), (five_v, RED, " (and 2): free")])
+    pi.labels(
+        [
+            (steer_pin, WIRES["a"], " steering"),
+            (esc_pin, WIRES["e"], " ESC"),
+            (gnd_pin, BLACK, ""),
+            (five_v, RED, " (and 2): free"),
+        ]
+    )
 
     # servo and ESC, each with its three-wire lead (signal, + red, - black) on its left
     bx0, bx1 = 690, 830
@@ -412,10 +487,18 @@ def draw_servo_esc(path: Path) -> None:
 
     # the power side: battery in, motor out
     plus, minus = battery(c, 700, 525, 910, 605, ["drive battery", "NiMH / LiPo"])
-    c.line([(plus[0], plus[1]), (plus[0], 480), (bx0 + 50, 480), (bx0 + 50, ey1)], RED, 5,
-           outline=False)
-    c.line([(minus[0], minus[1]), (minus[0], 470), (bx0 + 100, 470), (bx0 + 100, ey1)], BLACK, 5,
-           outline=False)
+    c.line(
+        [(plus[0], plus[1]), (plus[0], 480), (bx0 + 50, 480), (bx0 + 50, ey1)],
+        RED,
+        5,
+        outline=False,
+    )
+    c.line(
+        [(minus[0], minus[1]), (minus[0], 470), (bx0 + 100, 470), (bx0 + 100, ey1)],
+        BLACK,
+        5,
+        outline=False,
+    )
     motor(c, 905, 365, "")
     c.text("drive motor", 905, 318, 13, INK, bold=True, anchor="c")
     mc = bgr("#555555")
@@ -426,9 +509,14 @@ def draw_servo_esc(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "images")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "images"
+    )
     args = ap.parse_args()
-    for name, draw in (("wiring_hbridge.png", draw_hbridge), ("wiring_servo_esc.png", draw_servo_esc)):
+    for name, draw in (
+        ("wiring_hbridge.png", draw_hbridge),
+        ("wiring_servo_esc.png", draw_servo_esc),
+    ):
         draw(args.out / name)
         print(args.out / name, (args.out / name).stat().st_size, "bytes")
 

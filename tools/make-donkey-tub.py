@@ -63,9 +63,7 @@ def write_v2(out: Path) -> None:
 
     sessions = [(26, ["user"]), (24, ["local_angle", "local"])]
     for n, modes in sessions:
-        tub = Tub(
-            str(out), inputs=AI_INPUTS, types=AI_TYPES, metadata=["made_by:make-donkey-tub"]
-        )
+        tub = Tub(str(out), inputs=AI_INPUTS, types=AI_TYPES, metadata=["made_by:make-donkey-tub"])
         for i in range(n):
             angle = float(np.sin(i / 4.0))  # -1 = full left in DonkeyCar
             throttle = 0.3 + 0.2 * float(np.cos(i / 5.0))
