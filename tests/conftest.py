@@ -8,6 +8,7 @@ need a missing extra as skipped, with the reason (tests/extras.py).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -23,8 +24,14 @@ def _cores_given_back():
     """A test that confines this process to fewer cores (a benchmark run in-process) gives them
     back: every daemon a later test starts inherits them, and its isolation depends on them."""
     before = os.sched_getaffinity(0)
+    scheduling = os.sched_getscheduler(0), sys.getswitchinterval()
     yield
     assert os.sched_getaffinity(0) == before, "the test left this process on fewer cores"
+    # Nor real-time: every thread it starts later would be SCHED_FIFO, and a few busy ones
+    # (a benchmark's publisher, gRPC's timers) then starve the rest of the process.
+    assert (os.sched_getscheduler(0), sys.getswitchinterval()) == scheduling, (
+        "the test left this process with other scheduling (real-time, GIL switch interval)"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -473,3 +474,22 @@ def test_without_pyarrow_the_error_says_what_to_install(db, tmp_path, monkeypatc
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(ImportError, match=r"pyarrow is missing\): pip install -e '.\[data\]'"):
         export(db, tmp_path / "ds")
+
+
+def test_the_av1_encoder_leaves_no_thread_real_time(db, tmp_path):
+    """SVT-AV1, run as root (as CI and a car's services run), makes the encoding thread and its
+    own workers SCHED_FIFO 99; the export undoes it, so nothing it leaves runs above a control
+    loop or hands real-time scheduling to the threads a process starts later."""
+    import threading
+
+    from malpi.recorder.lerobot_format import _realtime_threads
+
+    before = _realtime_threads()
+    export(db, tmp_path / "ds", vcodec="av1")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert _realtime_threads() <= before
+    started = []
+    t = threading.Thread(target=lambda: started.append(os.sched_getscheduler(0)))
+    t.start()
+    t.join()
+    assert started == [os.SCHED_OTHER]

@@ -23,7 +23,9 @@ lerobot.py fills it with MaLPi episodes (export_lerobot).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ class Video:
         if codec == "libsvtav1":
             options["preset"] = "12"  # LeRobot's preset: fast
         self._av = av
+        self._realtime_before = _realtime_threads()
         self._container = av.open(str(path), "w")
         self._stream = self._container.add_stream(codec, rate=fps, options=options)
         self._stream.width, self._stream.height = width, height
@@ -145,6 +148,7 @@ class Video:
         frame.pts = self.frames
         self._container.mux(self._stream.encode(frame))
         self.frames += 1
+        _no_new_realtime(self._realtime_before)
 
     def close(self) -> None:
         if self._container is None:
@@ -154,11 +158,34 @@ class Video:
         finally:
             self._container.close()
             self._container = None
+            _no_new_realtime(self._realtime_before)
 
     def size_mb(self) -> float:
         # What has reached the disk: the muxer opens the file with its first packet, and the
         # encoder holds a few frames back.
         return self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
+
+
+def _realtime_threads() -> set[int]:
+    """The threads of this process that run SCHED_FIFO or SCHED_RR."""
+    found = set()
+    for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ():
+        try:
+            if os.sched_getscheduler(int(task)) in (os.SCHED_FIFO, os.SCHED_RR):
+                found.add(int(task))
+        except OSError:
+            pass  # the thread ended meanwhile
+    return found
+
+
+def _no_new_realtime(before: set[int]) -> None:
+    """Undo what SVT-AV1 does when it can: run as root, it makes the thread that encodes and its
+    own worker threads SCHED_FIFO 99. On a car that would put an export above the control loop,
+    and in a trainer every thread started later would inherit it. Checked after every frame, so
+    at most one frame's encoding runs real-time."""
+    for tid in _realtime_threads() - before:
+        with contextlib.suppress(OSError):  # gone, or not ours to change
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
 def next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
