@@ -163,9 +163,9 @@ def step_policy(bundle: PolicyBundle, backend: str) -> Any:
 
 @contextlib.contextmanager
 def one_cv2_thread() -> Iterator[None]:
-    """OpenCV on one thread for a job, as it was after. Its thread pool makes the simulator's
-    rendering no faster (a track of the default policy: 0.63 s either way) but costs 45 % more
-    CPU, which on Ray takes it from the job on the next core."""
+    """OpenCV on one thread for a job, its setting restored after. Its thread pool makes the
+    simulator's rendering no faster (a track of the default policy: 0.63 s either way) but costs
+    45 % more CPU, which on Ray takes it from the job on the next core."""
     import cv2
 
     threads = cv2.getNumThreads()
