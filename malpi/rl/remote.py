@@ -101,7 +101,9 @@ class RayVectorEnv(gym.vector.VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         if options is not None and "reset_mask" in options:
-            raise NotImplementedError("RayVectorEnv resets all environments together")
+            # The collector resets all environments together and autoresets the rest; a
+            # partial reset would need every actor's current observations here.
+            raise ValueError("RayVectorEnv resets all its environments together: no reset_mask")
         if seed is None or isinstance(seed, int):  # SyncVectorEnv's seed + i
             seed = [None if seed is None else seed + i for i in range(self.num_envs)]
         if len(seed) != self.num_envs:
